@@ -1,0 +1,39 @@
+# Scalerunner: `make demo` and `make test` are the two commands; both set up first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast lint bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml tools/apt-packages.txt tools/setup-apt.sh
+	bash tools/setup-apt.sh tools/apt-packages.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/scalerunner proto demo
+
+lint: setup
+	$(BIN)/ruff check scalerunner tests benchmarks
+	$(BIN)/ruff format --check scalerunner tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/python tools/check_mpy.py
+
+test: lint
+	$(BIN)/pytest -q
+
+# The quick loop while developing: no real processes, short hypothesis runs.
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow" --hypothesis-profile=fast
+
+bench: setup
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
