@@ -1,0 +1,26 @@
+"""The `scalerunner` command line.
+
+Conventions (docs/cli.md): what a command creates is printed alone on stdout,
+chatter goes to stderr; exit codes are 0 success, 1 the thing failed, 2 usage
+or config error, 3 the coordinator or a device could not be reached.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .. import __version__
+from .proto import proto
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="scalerunner")
+def cli() -> None:
+    """Scalerunner: run a rack of network-booted compute nodes for parallel CI."""
+
+
+cli.add_command(proto)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,128 @@
+"""`scalerunner proto demo`: a live exchange with a real MicroPython peer over a pty.
+
+The device side is ``scalerunner/protocol/mpy/demo_peer.py`` running under the
+MicroPython unix port, the very codec and link the RP2040 firmware runs; the
+host side is the asyncio ``Link``. Every frame that crosses the line is printed
+decoded, in the order it was sent or received.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from ..protocol import Frame, LedMode, Message, MsgType, PeerTimeout
+from ..protocol.link import Link, open_fd_stream
+from . import exits
+from .trace import describe_frame
+
+MPY_DIR = Path(__file__).resolve().parent.parent / "protocol" / "mpy"
+PROTOCOL_DIR = MPY_DIR.parent
+
+
+def find_micropython() -> str | None:
+    beside = Path(sys.executable).with_name("micropython")
+    return str(beside) if beside.exists() else shutil.which("micropython")
+
+
+async def _expect(link: Link, msg_type: MsgType, timeout: float = 5.0) -> Message:
+    async def wait() -> Message:
+        while True:
+            msg = await link.recv()
+            if msg.type == msg_type:
+                return msg
+
+    return await asyncio.wait_for(wait(), timeout)
+
+
+async def run_demo(console: Console, micropython: str) -> int:
+    master, slave = os.openpty()
+    pts = os.ttyname(slave)
+    env = dict(os.environ, MICROPYPATH=f"{MPY_DIR}:{PROTOCOL_DIR}")
+    proc = await asyncio.create_subprocess_exec(
+        micropython, str(MPY_DIR / "demo_peer.py"), pts, env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )
+    os.close(slave)  # the peer opened it by path; keeping ours would hide its EOF
+    t0 = time.monotonic()
+
+    def trace(direction: str, frame: Frame) -> None:
+        arrow = "host → dev" if direction == "tx" else "host ← dev"
+        style = "cyan" if direction == "tx" else "green"
+        console.print(f"[dim]{time.monotonic() - t0:6.3f}s[/dim] [{style}]{arrow}[/{style}] "
+                      f"{describe_frame(frame)}", highlight=False)
+
+    def step(text: str) -> None:
+        console.print(f"\n[bold]{text}[/bold]")
+
+    stream = open_fd_stream(master, name=f"pty {pts}")
+    try:
+        async with Link(stream, rto_init=0.2, max_retries=5, trace=trace) as link:
+            step(f"A MicroPython peer starts on {pts} and says HELLO")
+            hello = await _expect(link, MsgType.HELLO)
+            step("PING → PONG")
+            await link.send(Message.make("PING", token=0xC0FFEE))
+            pong = await _expect(link, MsgType.PONG)
+            assert pong["token"] == 0xC0FFEE
+            step("LED: solid blue, then a load gauge (unreliable telemetry)")
+            await link.send(Message.make("LED_SET", mode=int(LedMode.SOLID), r=0, g=64, b=255,
+                                         brightness=128, period_ms=0))
+            await link.send(Message.make("LED_GAUGE", load_pct=73, temp_dc=455), reliable=False)
+            step("Console channel: 600 bytes out, echoed back in order")
+            text = b"".join(b"line %02d: the quick brown fox\n" % i for i in range(20))[:600]
+            await link.console.write(text)
+            await link.console.drain()
+            echoed = b""
+            while len(echoed) < len(text):
+                echoed += await asyncio.wait_for(link.console.read(), 5)
+            console.print(f"echo intact: {echoed == text} ({len(echoed)} bytes)")
+            step("Garbage on the line: the device drops what it cannot decode and resynchronises")
+            os.write(master, b"\x13\x37garbage\xff\xfe\x00")
+            await link.send(Message.make("PING", token=2))
+            await _expect(link, MsgType.PONG)
+            await link.send(Message.make("STATUS_GET"))
+            status = await _expect(link, MsgType.EVENT, timeout=5)
+            console.print(f"device reports: {status['text']}")
+            _print_stats(console, link, hello)
+            return exits.OK
+    except (PeerTimeout, TimeoutError) as exc:
+        err = (await proc.stderr.read()).decode(errors="replace") if proc.stderr else ""
+        console.print(f"[red]demo failed: {exc or 'timed out'}[/red]\n{err}")
+        return exits.UNREACHABLE
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(proc.wait(), 3)
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def _print_stats(console: Console, link: Link, hello: Message) -> None:
+    table = Table(title=f"link statistics (peer uid {bytes(hello['uid']).hex()})")  # type: ignore[arg-type]
+    table.add_column("counter")
+    table.add_column("host", justify="right")
+    for key, value in sorted(link.stats.as_dict().items()):
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@click.command()
+def demo() -> None:
+    """Run a live, decoded frame exchange with a MicroPython peer over a pty pair."""
+    console = Console()
+    micropython = find_micropython()
+    if micropython is None:
+        console.print("[red]the MicroPython unix port is not installed (`make setup` installs it)[/red]")
+        sys.exit(exits.UNREACHABLE)
+    sys.exit(asyncio.run(run_demo(console, micropython)))
