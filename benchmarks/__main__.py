@@ -36,8 +36,14 @@ def main(argv: list[str]) -> int:
     for f in figures:
         ok = f.target is None or f.ratio >= f.target
         failed += not ok
-        table.add_row(f.name, f.measured, f.against, f"{f.ratio:.3f}",
-                      "" if f.target is None else f">= {f.target}", "yes" if ok else "NO")
+        table.add_row(
+            f.name,
+            f.measured,
+            f.against,
+            f"{f.ratio:.3f}",
+            "" if f.target is None else f">= {f.target}",
+            "yes" if ok else "NO",
+        )
     console.print(table)
     return 1 if failed else 0
 

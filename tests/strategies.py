@@ -32,6 +32,4 @@ def frames(draw: st.DrawFn) -> Frame:
     return msg.to_frame(seq=draw(u8), ack=draw(u8), flags=draw(flags))
 
 
-raw_frames = st.builds(
-    Frame, type=u8, seq=u8, ack=u8, flags=flags, body=st.binary(max_size=layouts.MAX_BODY)
-)
+raw_frames = st.builds(Frame, type=u8, seq=u8, ack=u8, flags=flags, body=st.binary(max_size=layouts.MAX_BODY))

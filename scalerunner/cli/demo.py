@@ -34,14 +34,14 @@ def find_micropython() -> str | None:
     return str(beside) if beside.exists() else shutil.which("micropython")
 
 
-async def _expect(link: Link, msg_type: MsgType, timeout: float = 5.0) -> Message:
+async def _expect(link: Link, msg_type: MsgType, within: float = 5.0) -> Message:
     async def wait() -> Message:
         while True:
             msg = await link.recv()
             if msg.type == msg_type:
                 return msg
 
-    return await asyncio.wait_for(wait(), timeout)
+    return await asyncio.wait_for(wait(), within)
 
 
 async def run_demo(console: Console, micropython: str) -> int:
@@ -49,8 +49,12 @@ async def run_demo(console: Console, micropython: str) -> int:
     pts = os.ttyname(slave)
     env = dict(os.environ, MICROPYPATH=f"{MPY_DIR}:{PROTOCOL_DIR}")
     proc = await asyncio.create_subprocess_exec(
-        micropython, str(MPY_DIR / "demo_peer.py"), pts, env=env,
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        micropython,
+        str(MPY_DIR / "demo_peer.py"),
+        pts,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     os.close(slave)  # the peer opened it by path; keeping ours would hide its EOF
     t0 = time.monotonic()
@@ -58,8 +62,10 @@ async def run_demo(console: Console, micropython: str) -> int:
     def trace(direction: str, frame: Frame) -> None:
         arrow = "host → dev" if direction == "tx" else "host ← dev"
         style = "cyan" if direction == "tx" else "green"
-        console.print(f"[dim]{time.monotonic() - t0:6.3f}s[/dim] [{style}]{arrow}[/{style}] "
-                      f"{describe_frame(frame)}", highlight=False)
+        console.print(
+            f"[dim]{time.monotonic() - t0:6.3f}s[/dim] [{style}]{arrow}[/{style}] {describe_frame(frame)}",
+            highlight=False,
+        )
 
     def step(text: str) -> None:
         console.print(f"\n[bold]{text}[/bold]")
@@ -74,8 +80,11 @@ async def run_demo(console: Console, micropython: str) -> int:
             pong = await _expect(link, MsgType.PONG)
             assert pong["token"] == 0xC0FFEE
             step("LED: solid blue, then a load gauge (unreliable telemetry)")
-            await link.send(Message.make("LED_SET", mode=int(LedMode.SOLID), r=0, g=64, b=255,
-                                         brightness=128, period_ms=0))
+            await link.send(
+                Message.make(
+                    "LED_SET", mode=int(LedMode.SOLID), r=0, g=64, b=255, brightness=128, period_ms=0
+                )
+            )
             await link.send(Message.make("LED_GAUGE", load_pct=73, temp_dc=455), reliable=False)
             step("Console channel: 600 bytes out, echoed back in order")
             text = b"".join(b"line %02d: the quick brown fox\n" % i for i in range(20))[:600]
@@ -90,7 +99,7 @@ async def run_demo(console: Console, micropython: str) -> int:
             await link.send(Message.make("PING", token=2))
             await _expect(link, MsgType.PONG)
             await link.send(Message.make("STATUS_GET"))
-            status = await _expect(link, MsgType.EVENT, timeout=5)
+            status = await _expect(link, MsgType.EVENT, within=5)
             console.print(f"device reports: {status['text']}")
             _print_stats(console, link, hello)
             return exits.OK

@@ -13,7 +13,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from ..protocol import FrameDecoder, FrameError, LAYOUTS_BY_NAME, Message, encode_frame, golden
+from ..protocol import LAYOUTS_BY_NAME, FrameDecoder, FrameError, Message, encode_frame, golden
 from ..protocol.enums import Flags
 from ..protocol.errors import EncodeError
 from . import exits
@@ -60,9 +60,16 @@ def _parse_value(raw: str) -> int | bytes | str:
 @click.argument("fields", nargs=-1)
 @click.option("--seq", default=0, type=click.IntRange(0, 255))
 @click.option("--ack", default=0, type=click.IntRange(0, 255))
-@click.option("--flag", "flag_names", multiple=True, type=click.Choice([f.name for f in Flags]),
-              help="header flag, repeatable")
-def encode(message_type: str, fields: tuple[str, ...], seq: int, ack: int, flag_names: tuple[str, ...]) -> None:
+@click.option(
+    "--flag",
+    "flag_names",
+    multiple=True,
+    type=click.Choice([f.name for f in Flags]),
+    help="header flag, repeatable",
+)
+def encode(
+    message_type: str, fields: tuple[str, ...], seq: int, ack: int, flag_names: tuple[str, ...]
+) -> None:
     """Print the wire bytes (hex) of MESSAGE_TYPE with FIELDS as name=value.
 
     Integers may be decimal or 0x-hex; tails take hex:0102 (bytes) or text:... (text).

@@ -58,8 +58,14 @@ def pack_frame(frame: Frame) -> bytes:
         if not 0 <= value <= 0xFF:
             raise FrameError("length", f"header field {name}={value} does not fit in a byte")
     head = _HEADER.build(
-        dict(version=frame.version, type=frame.type, seq=frame.seq, ack=frame.ack,
-             flags=frame.flags, length=len(frame.body))
+        dict(
+            version=frame.version,
+            type=frame.type,
+            seq=frame.seq,
+            ack=frame.ack,
+            flags=frame.flags,
+            length=len(frame.body),
+        )
     )
     data = head + frame.body
     return data + zlib.crc32(data).to_bytes(4, "little")
@@ -67,7 +73,7 @@ def pack_frame(frame: Frame) -> bytes:
 
 def encode_frame(frame: Frame) -> bytes:
     """The bytes on the wire for ``frame``, ending with the 0x00 delimiter."""
-    return cobs.encode(pack_frame(frame)) + b"\x00"
+    return bytes(cobs.encode(pack_frame(frame))) + b"\x00"
 
 
 def unpack_frame(raw: bytes) -> Frame:
@@ -90,8 +96,7 @@ def unpack_frame(raw: bytes) -> Frame:
         raise FrameError("version", f"protocol version {h.version}, expected {layouts.PROTOCOL_VERSION}")
     if h.flags & ~layouts.FLAGS_KNOWN:
         raise FrameError("flags", f"reserved flag bits set in 0x{h.flags:02x}")
-    return Frame(type=h.type, seq=h.seq, ack=h.ack, flags=h.flags, body=bytes(parsed.body),
-                 version=h.version)
+    return Frame(type=h.type, seq=h.seq, ack=h.ack, flags=h.flags, body=bytes(parsed.body), version=h.version)
 
 
 def decode_frame(encoded: bytes) -> Frame:
@@ -99,7 +104,7 @@ def decode_frame(encoded: bytes) -> Frame:
     if len(encoded) > layouts.MAX_ENCODED:
         raise FrameError("oversize", f"{len(encoded)} encoded bytes > {layouts.MAX_ENCODED}")
     try:
-        raw = cobs.decode(encoded)
+        raw = bytes(cobs.decode(encoded))
     except cobs.DecodeError as exc:
         raise FrameError("cobs", str(exc)) from exc
     return unpack_frame(raw)

@@ -29,33 +29,106 @@ CASES: list[tuple[str, str, Message, int, int, int]] = [
     ("ack-only", "pure acknowledgement of seq 7", Message(MsgType.ACK, {}), 0, 7, A),
     ("nak", "gap seen after seq 41: resend from 42", Message(MsgType.ACK, {}), 0, 41, A | Flags.NAK),
     ("rst", "receiver not synchronised: resend with SYN", Message(MsgType.ACK, {}), 0, 0, Flags.RST),
-    ("hello-led", "LED indicator boots: fw 1.2.3, 8-byte unique id, first frame of its session",
-     Message(MsgType.HELLO, {"kind": 1, "proto": 1, "fw_major": 1, "fw_minor": 2, "fw_patch": 3,
-                             "uid": bytes.fromhex("e66038b7132f4d2a")}), 200, 0, R | Flags.SYN),
+    (
+        "hello-led",
+        "LED indicator boots: fw 1.2.3, 8-byte unique id, first frame of its session",
+        Message(
+            MsgType.HELLO,
+            {
+                "kind": 1,
+                "proto": 1,
+                "fw_major": 1,
+                "fw_minor": 2,
+                "fw_patch": 3,
+                "uid": bytes.fromhex("e66038b7132f4d2a"),
+            },
+        ),
+        200,
+        0,
+        R | Flags.SYN,
+    ),
     ("ping", "host pings with token 0xdeadbeef", Message(MsgType.PING, {"token": 0xDEADBEEF}), 1, 0, R),
-    ("pong", "device answers: same token, up 90 s; acks seq 1",
-     Message(MsgType.PONG, {"token": 0xDEADBEEF, "uptime_ms": 90000}), 201, 1, R | A),
-    ("led-set-breathe", "breathe cyan at half brightness, 2 s period",
-     Message(MsgType.LED_SET, {"mode": 3, "r": 0, "g": 255, "b": 255, "brightness": 128,
-                               "period_ms": 2000}), 2, 0, R),
-    ("led-gauge", "load 73 %, -5.5 °C (signed field), unreliable telemetry",
-     Message(MsgType.LED_GAUGE, {"load_pct": 73, "temp_dc": -55}), 0, 0, 0),
+    (
+        "pong",
+        "device answers: same token, up 90 s; acks seq 1",
+        Message(MsgType.PONG, {"token": 0xDEADBEEF, "uptime_ms": 90000}),
+        201,
+        1,
+        R | A,
+    ),
+    (
+        "led-set-breathe",
+        "breathe cyan at half brightness, 2 s period",
+        Message(
+            MsgType.LED_SET, {"mode": 3, "r": 0, "g": 255, "b": 255, "brightness": 128, "period_ms": 2000}
+        ),
+        2,
+        0,
+        R,
+    ),
+    (
+        "led-gauge",
+        "load 73 %, -5.5 °C (signed field), unreliable telemetry",
+        Message(MsgType.LED_GAUGE, {"load_pct": 73, "temp_dc": -55}),
+        0,
+        0,
+        0,
+    ),
     ("power-cycle", "power-cycle the node", Message(MsgType.POWER, {"action": 2}), 255, 0, R),
     ("status-get", "ask the BMC for its status", Message(MsgType.STATUS_GET, {}), 0, 0, R),
-    ("status", "on, 5.08 V, 1.2 A, 6.1 W, 48.3 °C",
-     Message(MsgType.STATUS, {"power_state": 1, "rail_mv": 5080, "current_ma": 1200, "power_mw": 6096,
-                              "temp_dc": 483}), 17, 3, A),
-    ("console-short", "console port 0 carries 'login: '",
-     Message(MsgType.CONSOLE_DATA, {"port": 0, "data": b"login: "}), 9, 0, R),
-    ("console-zeros", "console bytes that are all 0x00 (COBS must stuff each)",
-     Message(MsgType.CONSOLE_DATA, {"port": 1, "data": bytes(8)}), 10, 0, R),
-    ("console-full", "largest body: port + 254 bytes counting 0..253 (COBS runs over 254)",
-     Message(MsgType.CONSOLE_DATA, {"port": 0, "data": bytes(range(1, 255))}), 11, 0, R),
-    ("event-utf8", "warning event with UTF-8 text",
-     Message(MsgType.EVENT, {"level": 2, "code": 513, "time_ms": 123456, "text": "rail 5V0 low: 4.61 V ⚠"}),
-     30, 0, R),
-    ("error-unknown", "device did not know type 0x55 of host frame seq 4",
-     Message(MsgType.ERROR, {"code": 1, "ref_type": 0x55, "ref_seq": 4, "text": "unknown type"}), 0, 4, A),
+    (
+        "status",
+        "on, 5.08 V, 1.2 A, 6.1 W, 48.3 °C",
+        Message(
+            MsgType.STATUS,
+            {"power_state": 1, "rail_mv": 5080, "current_ma": 1200, "power_mw": 6096, "temp_dc": 483},
+        ),
+        17,
+        3,
+        A,
+    ),
+    (
+        "console-short",
+        "console port 0 carries 'login: '",
+        Message(MsgType.CONSOLE_DATA, {"port": 0, "data": b"login: "}),
+        9,
+        0,
+        R,
+    ),
+    (
+        "console-zeros",
+        "console bytes that are all 0x00 (COBS must stuff each)",
+        Message(MsgType.CONSOLE_DATA, {"port": 1, "data": bytes(8)}),
+        10,
+        0,
+        R,
+    ),
+    (
+        "console-full",
+        "largest body: port + 254 bytes counting 0..253 (COBS runs over 254)",
+        Message(MsgType.CONSOLE_DATA, {"port": 0, "data": bytes(range(1, 255))}),
+        11,
+        0,
+        R,
+    ),
+    (
+        "event-utf8",
+        "warning event with UTF-8 text",
+        Message(
+            MsgType.EVENT, {"level": 2, "code": 513, "time_ms": 123456, "text": "rail 5V0 low: 4.61 V ⚠"}
+        ),
+        30,
+        0,
+        R,
+    ),
+    (
+        "error-unknown",
+        "device did not know type 0x55 of host frame seq 4",
+        Message(MsgType.ERROR, {"code": 1, "ref_type": 0x55, "ref_seq": 4, "text": "unknown type"}),
+        0,
+        4,
+        A,
+    ),
 ]
 
 
@@ -74,15 +147,20 @@ def build_vectors() -> list[dict[str, Any]]:
     out = []
     for name, meaning, msg, seq, ack, flags in CASES:
         wire = encode_frame(msg.to_frame(seq=seq, ack=ack, flags=flags))
-        out.append({
-            "name": name,
-            "meaning": meaning,
-            "frame_hex": wire.hex(),
-            "message": {
-                "type": msg.type.name, "seq": seq, "ack": ack, "flags": flags,
-                "fields": {k: _field_json(v) for k, v in msg.fields.items()},
-            },
-        })
+        out.append(
+            {
+                "name": name,
+                "meaning": meaning,
+                "frame_hex": wire.hex(),
+                "message": {
+                    "type": msg.type.name,
+                    "seq": seq,
+                    "ack": ack,
+                    "flags": flags,
+                    "fields": {k: _field_json(v) for k, v in msg.fields.items()},
+                },
+            }
+        )
     return out
 
 
@@ -110,14 +188,28 @@ def build_drops() -> list[dict[str, Any]]:
         ("short", "a valid COBS block but only 3 bytes", _raw_wire(b"\x01\x02\x03")),
         ("oversize", "300 non-zero bytes before the delimiter", b"\x07" * 300 + b"\x00"),
         ("crc", "one bit flipped in a PING frame", bytes(flipped)),
-        ("length", "header says 9 body bytes, frame carries 4",
-         _raw_wire(with_crc(b"\x01\x02\x05\x00\x01\x09\x01\x00\x00\x00"))),
+        (
+            "length",
+            "header says 9 body bytes, frame carries 4",
+            _raw_wire(with_crc(b"\x01\x02\x05\x00\x01\x09\x01\x00\x00\x00")),
+        ),
         ("version", "protocol version 2", _raw_wire(with_crc(b"\x02" + good_raw[1:]))),
-        ("flags", "reserved flag bit 0x80 set", _raw_wire(with_crc(b"\x01\x02\x05\x00\x81\x04\x01\x00\x00\x00"))),
+        (
+            "flags",
+            "reserved flag bit 0x80 set",
+            _raw_wire(with_crc(b"\x01\x02\x05\x00\x81\x04\x01\x00\x00\x00")),
+        ),
         ("unknown_type", "type 0x55 is not in the table", _raw_wire(with_crc(b"\x01\x55\x05\x00\x01\x00"))),
-        ("body", "PING with a 3-byte body (needs 4)", _raw_wire(with_crc(b"\x01\x02\x05\x00\x01\x03\x01\x00\x00"))),
-        ("body", "EVENT text that is not UTF-8",
-         _raw_wire(with_crc(b"\x01\x40\x05\x00\x01\x09\x01\x02\x00\x00\x00\x00\x00\xff\xfe"))),
+        (
+            "body",
+            "PING with a 3-byte body (needs 4)",
+            _raw_wire(with_crc(b"\x01\x02\x05\x00\x01\x03\x01\x00\x00")),
+        ),
+        (
+            "body",
+            "EVENT text that is not UTF-8",
+            _raw_wire(with_crc(b"\x01\x40\x05\x00\x01\x09\x01\x02\x00\x00\x00\x00\x00\xff\xfe")),
+        ),
     ]
     return [{"reason": reason, "meaning": meaning, "wire_hex": wire.hex()} for reason, meaning, wire in cases]
 

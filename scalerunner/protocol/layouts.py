@@ -33,17 +33,32 @@ FLAGS_KNOWN = 0x1F
 # of the body: kind "bytes" (raw) or "str" (UTF-8 text).
 MESSAGES = (
     ("ACK", 0x00, (), None, None),
-    ("HELLO", 0x01, (("kind", "B"), ("proto", "B"), ("fw_major", "B"), ("fw_minor", "B"),
-                     ("fw_patch", "B")), "uid", "bytes"),
+    (
+        "HELLO",
+        0x01,
+        (("kind", "B"), ("proto", "B"), ("fw_major", "B"), ("fw_minor", "B"), ("fw_patch", "B")),
+        "uid",
+        "bytes",
+    ),
     ("PING", 0x02, (("token", "I"),), None, None),
     ("PONG", 0x03, (("token", "I"), ("uptime_ms", "I")), None, None),
-    ("LED_SET", 0x10, (("mode", "B"), ("r", "B"), ("g", "B"), ("b", "B"), ("brightness", "B"),
-                       ("period_ms", "H")), None, None),
+    (
+        "LED_SET",
+        0x10,
+        (("mode", "B"), ("r", "B"), ("g", "B"), ("b", "B"), ("brightness", "B"), ("period_ms", "H")),
+        None,
+        None,
+    ),
     ("LED_GAUGE", 0x11, (("load_pct", "B"), ("temp_dc", "h")), None, None),
     ("POWER", 0x20, (("action", "B"),), None, None),
     ("STATUS_GET", 0x21, (), None, None),
-    ("STATUS", 0x22, (("power_state", "B"), ("rail_mv", "H"), ("current_ma", "H"),
-                      ("power_mw", "I"), ("temp_dc", "h")), None, None),
+    (
+        "STATUS",
+        0x22,
+        (("power_state", "B"), ("rail_mv", "H"), ("current_ma", "H"), ("power_mw", "I"), ("temp_dc", "h")),
+        None,
+        None,
+    ),
     ("CONSOLE_DATA", 0x30, (("port", "B"),), "data", "bytes"),
     ("EVENT", 0x40, (("level", "B"), ("code", "H"), ("time_ms", "I")), "text", "str"),
     ("ERROR", 0x7F, (("code", "B"), ("ref_type", "B"), ("ref_seq", "B")), "text", "str"),
@@ -52,11 +67,22 @@ MESSAGES = (
 # Enumerated field values: (enum name, ((member, value), ...)).
 ENUMS = (
     ("DeviceKind", (("HOST", 0), ("LED", 1), ("BMC", 2))),
-    ("LedMode", (("OFF", 0), ("SOLID", 1), ("BLINK", 2), ("BREATHE", 3), ("GAUGE", 4),
-                 ("IDENTIFY", 5), ("ALERT", 6))),
+    (
+        "LedMode",
+        (("OFF", 0), ("SOLID", 1), ("BLINK", 2), ("BREATHE", 3), ("GAUGE", 4), ("IDENTIFY", 5), ("ALERT", 6)),
+    ),
     ("PowerAction", (("OFF", 0), ("ON", 1), ("CYCLE", 2), ("RESET", 3))),
     ("PowerState", (("OFF", 0), ("ON", 1), ("STARTING", 2), ("STOPPING", 3), ("FAULT", 4))),
     ("EventLevel", (("DEBUG", 0), ("INFO", 1), ("WARNING", 2), ("ERROR", 3))),
-    ("ErrorCode", (("UNKNOWN_TYPE", 1), ("BAD_BODY", 2), ("BAD_VALUE", 3), ("BUSY", 4),
-                   ("UNSUPPORTED", 5), ("INTERNAL", 6))),
+    (
+        "ErrorCode",
+        (
+            ("UNKNOWN_TYPE", 1),
+            ("BAD_BODY", 2),
+            ("BAD_VALUE", 3),
+            ("BUSY", 4),
+            ("UNSUPPORTED", 5),
+            ("INTERNAL", 6),
+        ),
+    ),
 )

@@ -20,8 +20,12 @@ from .framing import Frame
 FieldValue = int | bytes | str
 
 _FORMATS: dict[str, Any] = {
-    "B": cs.Int8ul, "b": cs.Int8sl, "H": cs.Int16ul, "h": cs.Int16sl,
-    "I": cs.Int32ul, "i": cs.Int32sl,
+    "B": cs.Int8ul,
+    "b": cs.Int8sl,
+    "H": cs.Int16ul,
+    "h": cs.Int16sl,
+    "I": cs.Int32ul,
+    "i": cs.Int32sl,
 }
 
 
@@ -149,7 +153,7 @@ def decode_body(type_id: int, body: bytes) -> Message:
     parsed = lay.fixed.parse(body[: lay.fixed_size])
     fields: dict[str, FieldValue] = {name: int(parsed[name]) for name, _ in lay.fields}
     if lay.tail:
-        raw = bytes(body[lay.fixed_size:])
+        raw = bytes(body[lay.fixed_size :])
         if lay.tail_kind == "str":
             try:
                 fields[lay.tail] = raw.decode("utf-8")
