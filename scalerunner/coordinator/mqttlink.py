@@ -1,0 +1,249 @@
+"""The coordinator's MQTT connection: ingest node state and telemetry, send commands.
+
+A thin shell: it validates what arrives (topic and payload, by the schemas in
+``scalerunner.protocol.mqtt``), hands typed messages to the handler it was given,
+and counts what it rejects, by reason. Commands are MQTT 5 request/response: a
+future per correlation id, answered on the node's reply topic or failed by timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import ssl
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from ..protocol.mqtt import (
+    Command,
+    CoordinatorState,
+    Kind,
+    NodeState,
+    PayloadError,
+    Reply,
+    Telemetry,
+    TopicError,
+    coordinator_topic,
+    decode,
+    encode,
+    node_filter,
+    node_topic,
+    parse_topic,
+)
+from .errors import CoordinatorError
+
+log = logging.getLogger("scalerunner.coordinator.mqtt")
+
+
+class CommandTimeout(CoordinatorError):
+    def __init__(self, node: str, cmd: str, seconds: float) -> None:
+        super().__init__(f"node {node} did not answer {cmd!r} within {seconds:g} s")
+        self.node = node
+        self.cmd = cmd
+
+
+class CommandFailed(CoordinatorError):
+    def __init__(self, node: str, cmd: str, error: str) -> None:
+        super().__init__(f"node {node} refused {cmd!r}: {error}")
+        self.node = node
+        self.cmd = cmd
+        self.error = error
+
+
+@dataclass(frozen=True)
+class MqttSettings:
+    host: str
+    port: int
+    username: str
+    password: str
+    cluster: str
+    tls: ssl.SSLContext | None = None
+    keepalive: int = 15
+
+
+StateHandler = Callable[[NodeState], Awaitable[None]]
+TelemetryHandler = Callable[[Telemetry], Awaitable[None]]
+
+
+class CoordinatorLink:
+    """One MQTT 5 connection with reconnect; ``start()``/``stop()``."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        known_nodes: Callable[[str], bool],
+        on_state: StateHandler,
+        on_telemetry: TelemetryHandler,
+        version: str = "",
+    ) -> None:
+        self.settings = settings
+        self._known = known_nodes
+        self._on_state = on_state
+        self._on_telemetry = on_telemetry
+        self._version = version
+        self._client: aiomqtt.Client | None = None
+        self._connected = asyncio.Event()
+        self._pending: dict[bytes, asyncio.Future[Reply]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.ingested: Counter[str] = Counter()
+        self.rejected: Counter[str] = Counter()
+        self.commands_sent = 0
+        self.commands_timed_out = 0
+        self.reconnects = 0
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.settings.host}:{self.settings.port}"
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="mqtt-link")
+
+    async def stop(self) -> None:
+        if self._client is not None and self._connected.is_set():
+            with contextlib.suppress(aiomqtt.MqttError):
+                await self._publish_state("offline")
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        for fut in self._pending.values():
+            fut.cancel()
+
+    async def wait_connected(self, timeout: float) -> None:
+        await asyncio.wait_for(self._connected.wait(), timeout)
+
+    async def _publish_state(self, status: str) -> None:
+        assert self._client is not None
+        payload = encode(CoordinatorState(status=status, version=self._version))  # type: ignore[arg-type]
+        await self._client.publish(coordinator_topic(self.settings.cluster), payload, qos=1, retain=True)
+
+    async def _run(self) -> None:
+        s = self.settings
+        delay = 0.5
+        will = aiomqtt.Will(
+            coordinator_topic(s.cluster),
+            encode(CoordinatorState(status="offline", version=self._version)),
+            qos=1,
+            retain=True,
+        )
+        while True:
+            client = aiomqtt.Client(
+                s.host,
+                s.port,
+                username=s.username,
+                password=s.password,
+                identifier=f"coordinator-{s.cluster}",
+                protocol=aiomqtt.ProtocolVersion.V5,
+                will=will,
+                keepalive=s.keepalive,
+                tls_context=s.tls,
+            )
+            try:
+                async with client:
+                    self._client = client
+                    for kind in (Kind.STATE, Kind.TELEMETRY, Kind.REPLY):
+                        await client.subscribe(node_filter(s.cluster, kind), qos=1)
+                    await self._publish_state("online")
+                    self._connected.set()
+                    delay = 0.5
+                    log.info("connected", extra={"endpoint": self.endpoint})
+                    async for message in client.messages:
+                        await self._dispatch(message)
+            except aiomqtt.MqttError as exc:
+                log.warning("broker connection lost: %s", exc, extra={"endpoint": self.endpoint})
+            finally:
+                self._connected.clear()
+                self._client = None
+            self.reconnects += 1
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 10.0)
+
+    def _reject(self, reason: str, topic: str, detail: str) -> None:
+        self.rejected[reason] += 1
+        log.warning("rejected message on %s: %s", topic, detail, extra={"reason": reason, "topic": topic})
+
+    async def _dispatch(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        raw = message.payload
+        data = raw if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
+        try:
+            ref = parse_topic(topic)
+        except TopicError as exc:
+            self._reject("topic", topic, str(exc))
+            return
+        if ref.node is None or not self._known(ref.node):
+            self._reject("unknown_node", topic, f"node {ref.node!r} is not in the inventory")
+            return
+        try:
+            if ref.kind is Kind.STATE:
+                if not data:  # a cleared retained message
+                    return
+                state = decode(bytes(data), NodeState)
+                if state.node != ref.node:
+                    self._reject("node_mismatch", topic, f"payload names node {state.node!r}")
+                    return
+                self.ingested["state"] += 1
+                await self._on_state(state)
+            elif ref.kind is Kind.TELEMETRY:
+                tele = decode(bytes(data), Telemetry)
+                if tele.node != ref.node:
+                    self._reject("node_mismatch", topic, f"payload names node {tele.node!r}")
+                    return
+                self.ingested["telemetry"] += 1
+                await self._on_telemetry(tele)
+            elif ref.kind is Kind.REPLY:
+                reply = decode(bytes(data), Reply)
+                corr = _correlation(message)
+                fut = self._pending.get(corr) if corr else None
+                if fut is None:
+                    self._reject("unexpected_reply", topic, "no command is waiting for this correlation data")
+                    return
+                self.ingested["reply"] += 1
+                if not fut.done():
+                    fut.set_result(reply)
+        except PayloadError as exc:
+            self._reject("payload", topic, str(exc))
+
+    async def command(self, node: str, cmd: Command, timeout: float = 5.0) -> Reply:
+        """Send ``cmd`` to ``node`` and wait for its reply; CommandTimeout/CommandFailed."""
+        if not self._connected.is_set() or self._client is None:
+            raise CommandTimeout(node, cmd.cmd, 0)
+        corr = uuid.uuid4().bytes
+        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        props.ResponseTopic = node_topic(self.settings.cluster, node, Kind.REPLY)
+        props.CorrelationData = corr
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[corr] = fut
+        try:
+            await self._client.publish(
+                node_topic(self.settings.cluster, node, Kind.CMD), encode(cmd), qos=1, properties=props
+            )
+            self.commands_sent += 1
+            reply = await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            self.commands_timed_out += 1
+            raise CommandTimeout(node, cmd.cmd, timeout) from None
+        finally:
+            self._pending.pop(corr, None)
+        if not reply.ok:
+            raise CommandFailed(node, cmd.cmd, reply.error)
+        return reply
+
+
+def _correlation(message: aiomqtt.Message) -> bytes | None:
+    props = message.properties
+    corr = getattr(props, "CorrelationData", None) if props is not None else None
+    return bytes(corr) if corr else None
