@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .nodes import drain, events, identify, nodes, undrain
 from .proto import proto
 
 
@@ -20,6 +21,8 @@ def cli() -> None:
 
 
 cli.add_command(proto)
+for _cmd in (nodes, drain, undrain, identify, events):
+    cli.add_command(_cmd)
 
 
 def main() -> None:

@@ -1,0 +1,101 @@
+"""The REST API (FastAPI: the OpenAPI spec is generated from the models).
+
+Every route but /healthz and /metrics needs ``Authorization: Bearer TOKEN``.
+Errors are JSON ``{"error": ..., "node": ...}`` with 404 for an unknown node,
+409 for an action the node's state forbids, 504 when the node did not answer.
+"""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+
+from ... import __version__
+from ..errors import NodeStateError, UnknownNode
+from ..mqttlink import CommandFailed, CommandTimeout
+from .models import CommandResult, DrainRequest, EventView, HealthChange, NodeView
+from .service import NodeService
+
+_bearer = HTTPBearer(auto_error=False)
+
+
+def create_app(service: NodeService, token: str) -> FastAPI:
+    app = FastAPI(
+        title="Scalerunner coordinator",
+        version=__version__,
+        description="Nodes, their lifecycle and health, and commands to them.",
+    )
+
+    def auth(creds: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        if creds is None or not hmac.compare_digest(creds.credentials.encode(), token.encode()):
+            raise HTTPException(401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"})
+
+    Auth = Depends(auth)
+
+    @app.exception_handler(UnknownNode)
+    async def _unknown(_: Request, exc: UnknownNode) -> JSONResponse:
+        return JSONResponse({"error": str(exc), "node": exc.node}, status_code=404)
+
+    @app.exception_handler(NodeStateError)
+    async def _state(_: Request, exc: NodeStateError) -> JSONResponse:
+        return JSONResponse({"error": str(exc), "node": exc.node}, status_code=409)
+
+    @app.exception_handler(CommandTimeout)
+    async def _timeout(_: Request, exc: CommandTimeout) -> JSONResponse:
+        return JSONResponse({"error": str(exc), "node": exc.node}, status_code=504)
+
+    @app.exception_handler(CommandFailed)
+    async def _failed(_: Request, exc: CommandFailed) -> JSONResponse:
+        return JSONResponse({"error": str(exc), "node": exc.node}, status_code=502)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        return Response(service.metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/api/v1/nodes", dependencies=[Auth])
+    async def list_nodes() -> list[NodeView]:
+        return await service.list_nodes()
+
+    @app.get("/api/v1/nodes/{name}", dependencies=[Auth])
+    async def get_node(name: str) -> NodeView:
+        return await service.get_node(name)
+
+    @app.post("/api/v1/nodes/{name}/drain", dependencies=[Auth])
+    async def drain(name: str, body: DrainRequest | None = None) -> CommandResult:
+        detail = await service.drain(name, (body or DrainRequest()).reason)
+        return CommandResult(node=name, ok=True, detail=detail)
+
+    @app.post("/api/v1/nodes/{name}/undrain", dependencies=[Auth])
+    async def undrain(name: str, body: DrainRequest | None = None) -> CommandResult:
+        detail = await service.undrain(name, (body or DrainRequest()).reason)
+        return CommandResult(node=name, ok=True, detail=detail)
+
+    @app.post("/api/v1/nodes/{name}/identify", dependencies=[Auth])
+    async def identify(name: str) -> CommandResult:
+        return CommandResult(node=name, ok=True, detail=await service.identify(name))
+
+    @app.put("/api/v1/nodes/{name}/health", dependencies=[Auth])
+    async def set_health(name: str, body: HealthChange) -> NodeView:
+        return await service.set_health(name, body.health, body.reason)
+
+    @app.get("/api/v1/events", dependencies=[Auth])
+    async def events(
+        node: str | None = None,
+        after: Annotated[int | None, Query(ge=0)] = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    ) -> list[EventView]:
+        return await service.events(node, after, limit)
+
+    return app

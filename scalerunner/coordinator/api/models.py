@@ -1,0 +1,72 @@
+"""The REST API's documented objects (they are also the CLI's --json output)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+HealthName = Literal["good", "unknown", "bad", "maintenance", "retired"]
+
+
+class RackPosition(BaseModel):
+    row: int
+    position: int
+
+
+class TelemetryView(BaseModel):
+    ts: float
+    load1: float
+    cpu_pct: float
+    mem_used_mb: int
+    mem_total_mb: int
+    temp_c: float | None = None
+    age_s: float = Field(description="seconds since the telemetry arrived")
+
+
+class NodeView(BaseModel):
+    name: str
+    state: str = Field(
+        description="lifecycle state: off, booting, online, idle, busy, draining, offline, failed"
+    )
+    health: HealthName
+    health_reason: str = ""
+    arch: str
+    labels: list[str] = []
+    mac: str
+    switch: str | None = None
+    port: int | None = None
+    rack: RackPosition | None = None
+    state_since: float = 0.0
+    conn_seq: int = 0
+    telemetry: TelemetryView | None = None
+
+
+class EventView(BaseModel):
+    id: int
+    at: float
+    node: str
+    axis: str = Field(description="what changed: state, health, or command")
+    old: str
+    new: str
+    reason: str
+
+
+class HealthChange(BaseModel):
+    health: HealthName
+    reason: str = Field(min_length=1, max_length=500)
+
+
+class DrainRequest(BaseModel):
+    reason: str = Field(default="operator request", max_length=500)
+
+
+class CommandResult(BaseModel):
+    node: str
+    ok: bool
+    detail: str = ""
+
+
+class ErrorBody(BaseModel):
+    error: str
+    node: str | None = None
