@@ -26,7 +26,7 @@ def _random_seq():
 
         return os.urandom(1)[0]
     except (ImportError, AttributeError):
-        return time.ticks_us() & 0xFF
+        return time.ticks_diff(time.ticks_us(), 0) & 0xFF
 
 
 class Link:
@@ -322,7 +322,7 @@ class PtyStream:
 
     def __init__(self, path):
         import select
-        import termios
+        import termios  # type: ignore[import-not-found]  # (unix port only; the RP2040 has none)
 
         self._f = open(path, "r+b")
         termios.setraw(self._f.fileno())
