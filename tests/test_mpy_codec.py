@@ -247,11 +247,14 @@ def test_micropython_encodes_the_same_bytes_as_cpython(
 
 
 def test_cobs_edge_of_a_full_254_byte_run_matches(mpy: MpyCodec) -> None:
-    # A body whose non-zero run ends exactly at 254 bytes: the `cobs` package writes no empty block after.
+    # Non-zero runs of 240..254 bytes and more (a 0xFF block, then the rest): the `cobs` package
+    # writes no empty block after a 254-byte run that ends the frame. Both directions.
     for n in range(240, 255):
         msg = Message(MsgType.CONSOLE_DATA, {"port": 7, "data": bytes([0x11]) * n})
         for seq, ack in ((1, 1), (0, 0), (0xFF, 0xFF)):
-            assert mpy_encode(mpy, msg, seq, ack, 3) == encode_frame(msg.to_frame(seq=seq, ack=ack, flags=3))
+            wire = encode_frame(msg.to_frame(seq=seq, ack=ack, flags=3))
+            assert mpy_encode(mpy, msg, seq, ack, 3) == wire
+            assert mpy_decode(mpy, wire)["events"] == [event(0x30, seq, ack, 3, fields_json(msg))]
 
 
 # --- bad input: the same drop reason on both sides ----------------------------------------------

@@ -150,85 +150,89 @@ def unpack(type_id, body):
     return fixed + (text,)
 
 
-def cobs_encode(src, n, dst):
-    """COBS-encode src[:n] (a bytearray) into dst; return the encoded length (no delimiter).
+def cobs_stuff(buf, mv, end):
+    """COBS-encode in place the frame at buf[1:end] (buf[0] is free); return the encoded length.
 
-    Same output as the `cobs` package: a run of exactly 254 non-zero bytes at the
-    end gets no trailing empty block.
+    Each zero becomes the distance to the next one, so nothing moves unless a run
+    of 254 non-zero bytes needs an extra code byte (at most twice per frame).
+    Same output as the `cobs` package: a 254-byte run at the very end gets no
+    empty block after it. mv is memoryview(buf); buf must have room for end + 2.
     """
-    smv = memoryview(src)
-    i = o = 0
-    after_full = False  # the last block emitted was a full 0xFF block
+    code = 0  # where the current code byte goes
     while True:
-        z = src.find(b"\x00", i, n)  # runs are found in C, not byte by byte
-        end = n if z < 0 else z
-        while end - i >= 254:
-            dst[o] = 0xFF
-            dst[o + 1 : o + 255] = smv[i : i + 254]
-            o += 255
-            i += 254
-            after_full = True
-        k = end - i
-        if z < 0 and k == 0 and after_full:
-            return o
-        dst[o] = k + 1
-        if k:
-            dst[o + 1 : o + 1 + k] = smv[i:end]
-        o += k + 1
+        z = buf.find(b"\x00", code + 1, end)  # found in C, not byte by byte
         if z < 0:
-            return o
-        i = z + 1
-        after_full = False
+            z = end
+        run = z - code - 1
+        if run > 254 or (run == 254 and z < end):
+            p = code + 255  # a full block: make room for the next code byte
+            mv[p + 1 : end + 1] = mv[p:end]
+            end += 1
+            buf[code] = 0xFF
+            code = p
+            continue
+        buf[code] = run + 1  # (0xFF for a 254-byte run that ends the frame)
+        if z == end:
+            return end
+        code = z
 
 
-def cobs_decode(src, n, dst):
-    """COBS-decode src[:n] (no zero inside) into dst; return the length, or -1 if malformed."""
-    smv = memoryview(src)
-    i = o = 0
-    while i < n:
-        code = src[i]
-        i += 1
-        end = i + code - 1
-        if end > n:
+def cobs_unstuff(buf, mv, end):
+    """COBS-decode in place buf[:end] (no zero inside): the frame is left at buf[1:1 + n]; return n.
+
+    Code bytes become the zeros they stand for; only a full 0xFF block (which
+    stands for no zero) makes the rest move. -1 if a code points past the end.
+    """
+    pos = 0  # where the current block's code byte is (or would be, after a move)
+    c = buf[0]
+    while True:
+        nxt = pos + c
+        if nxt > end:
             return -1
-        if end > i:
-            dst[o : o + end - i] = smv[i:end]
-            o += end - i
-        i = end
-        if i < n and code < 0xFF:
-            dst[o] = 0
-            o += 1
-    return o
+        if nxt == end:
+            return end - 1
+        c2 = buf[nxt]
+        if c == 0xFF:  # no zero here: take the code byte out
+            mv[nxt : end - 1] = mv[nxt + 1 : end]
+            end -= 1
+            pos = nxt - 1
+        else:
+            buf[nxt] = 0
+            pos = nxt
+        c = c2
 
 
 class Encoder:
-    """Builds wire frames in buffers of its own; each result is valid until the next call."""
+    """Builds wire frames in a buffer of its own; each result is valid until the next call.
+
+    The frame is packed at out[1:] and COBS-stuffed where it lies. The result is
+    a memoryview of `out`, a bytearray (which, unlike the view, a Decoder can be
+    fed directly: `dec.feed(enc.out, len(wire))`).
+    """
 
     def __init__(self):
-        self._raw = bytearray(_MAX_ENC)
-        self._rawmv = memoryview(self._raw)
-        self._out = bytearray(_MAX_ENC + 1)
-        self._outmv = memoryview(self._out)
+        self.out = bytearray(_MAX_ENC + 1)
+        self._mv = memoryview(self.out)
 
     def encode(self, type_id, seq, ack, flags, fields):
         """Wire bytes (memoryview, delimiter included) of a message given as a fields tuple."""
-        n = pack_body(type_id, fields, self._raw, _HDR)
+        n = pack_body(type_id, fields, self.out, 1 + _HDR)
         return self._frame(type_id, seq, ack, flags, n)
 
     def encode_body(self, type_id, seq, ack, flags, body):
         """Wire bytes of an already packed body (e.g. one kept in a send window)."""
         n = len(body)
-        self._raw[_HDR : _HDR + n] = body
+        self.out[1 + _HDR : 1 + _HDR + n] = body
         return self._frame(type_id, seq, ack, flags, n)
 
     def _frame(self, type_id, seq, ack, flags, n):
-        raw = self._raw
-        struct.pack_into(_HDR_FMT, raw, 0, _VERSION, type_id, seq, ack, flags, n)
-        n += _HDR
-        struct.pack_into("<I", raw, n, crc32(self._rawmv[:n]))
-        m = cobs_encode(raw, n + _CRC, self._out)
-        self._out[m] = 0
-        return self._outmv[: m + 1]
+        out = self.out
+        struct.pack_into(_HDR_FMT, out, 1, _VERSION, type_id, seq, ack, flags, n)
+        n += 1 + _HDR
+        struct.pack_into("<I", out, n, crc32(self._mv[1:n]))
+        m = cobs_stuff(out, self._mv, n + _CRC)
+        out[m] = 0
+        return self._mv[: m + 1]
 
 
 class Decoder:
@@ -245,8 +249,8 @@ class Decoder:
         self._rxmv = memoryview(self._rx)
         self._n = 0
         self._over = False  # discarding up to the next 0x00
-        self._raw = bytearray(_MAX_ENC)
-        self._rawmv = memoryview(self._raw)
+        self._src = None  # the last buffer fed, and a view of it
+        self._srcmv = self._rxmv
         self.drops = {r: 0 for r in REASONS}
         self.last_drop = None
         self.frames = 0
@@ -259,7 +263,9 @@ class Decoder:
         """Feed data[:n] (bytes or bytearray; all of it if n < 0)."""
         if n < 0:
             n = len(data)
-        mv = memoryview(data)
+        if data is not self._src:  # a link feeds the same buffer each time: view it once
+            self._src, self._srcmv = data, memoryview(data)
+        mv = self._srcmv
         i = 0
         while i < n:
             z = data.find(b"\x00", i, n)
@@ -289,21 +295,22 @@ class Decoder:
 
     def _frame(self, k):
         # Checks in the same order as the CPython codec so both count the same reason.
-        raw = self._raw
-        n = cobs_decode(self._rx, k, raw)
+        # After unstuffing, the frame is at rx[1:1 + n]: the header starts at 1.
+        rx = self._rx
+        n = cobs_unstuff(rx, self._rxmv, k)
         if n < 0:
             return self.drop("cobs")
         if n < _MIN_FRAME:
             return self.drop("short")
         if n > _MAX_FRAME:
             return self.drop("oversize")
-        if crc32(self._rawmv[:n]) != _CRC_RESIDUE:
+        if crc32(self._rxmv[1 : 1 + n]) != _CRC_RESIDUE:
             return self.drop("crc")
-        if raw[5] != n - _MIN_FRAME:
+        if rx[6] != n - _MIN_FRAME:
             return self.drop("length")
-        if raw[0] != _VERSION:
+        if rx[1] != _VERSION:
             return self.drop("version")
-        if raw[4] & ~_FLAGS_KNOWN:
+        if rx[5] & ~_FLAGS_KNOWN:
             return self.drop("flags")
         self.frames += 1
-        self.on_frame(raw[1], raw[2], raw[3], raw[4], self._rawmv[_HDR : n - _CRC])
+        self.on_frame(rx[2], rx[3], rx[4], rx[5], self._rxmv[1 + _HDR : 1 + n - _CRC])
