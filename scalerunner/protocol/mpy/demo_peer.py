@@ -50,6 +50,7 @@ class Peer:
         self.t0 = time.ticks_ms()
         self.link = srplink.Link(stream, on_message=self.on_message, name="demo")
         self.consoles = {}
+        self.console_lost = 0  # echo bytes that found the console buffer full
         self.power = 0
         self.led = (0, 0, 0, 0, 0, 0)
         self.gauge = (0, 0)
@@ -77,7 +78,7 @@ class Peer:
         if t == T["PING"]:
             self.link.send(T["PONG"], (f[0], self.uptime()))
         elif t == T["CONSOLE_DATA"]:
-            self.console(f[0]).write(f[1])
+            self.console_lost += len(f[1]) - self.console(f[0]).write(f[1])
         elif t == T["LED_SET"]:
             if f[0] >= len(_MODES):
                 self.error(t, "LED mode %d" % f[0])
@@ -133,7 +134,8 @@ def main():
         pass
     link = peer.link
     counts = " ".join("%s=%d" % (k, v) for k, v in sorted(link.drops.items()) if v)
-    print("demo_peer: line closed; drops: %s; retransmits=%d" % (counts or "none", link.retransmits))
+    print("demo_peer: line closed; drops: %s; retransmits=%d console_lost=%d"
+          % (counts or "none", link.retransmits, peer.console_lost))
     stream.close()
 
 
