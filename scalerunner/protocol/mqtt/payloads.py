@@ -51,6 +51,9 @@ class NodeState(_Base):
     labels: list[Label] = []
     capacity: Capacity | None = None
     ts: float = 0.0
+    # The node takes no new jobs (set by the drain command, cleared by undrain). Added after
+    # schema 1 was first written: a default, so older decoders and payloads still agree.
+    draining: bool = False
 
 
 class JobSummary(msgspec.Struct, kw_only=True):
