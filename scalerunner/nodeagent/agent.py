@@ -1,0 +1,465 @@
+"""The node agent's asyncio part: one MQTT 5 connection, retained state, telemetry, commands.
+
+Functional core (no I/O, clock and randomness passed in): ``next_conn_seq``, ``Backoff``,
+``decide`` (what a command does to the agent's ``Control`` state and what to answer) and
+``node_state``. The shell, ``Agent``, moves data between them and the broker: it has
+``start()``/``stop()`` and runs its work as named tasks in one TaskGroup.
+
+Connection identity: every connection gets a ``conn_seq``, the wall clock in milliseconds at
+connect time, forced above the previous one. The online state and the connection's Will
+(offline, retained, same topic) carry the same seq, so a receiver can drop any state older than
+the one it holds, across reconnects and across restarts of a RAM-booted node with no disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import platform
+import random
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from .. import __version__
+from ..protocol.mqtt import (
+    Capacity,
+    Command,
+    Kind,
+    NodeState,
+    PayloadError,
+    Reply,
+    decode,
+    encode,
+    node_topic,
+)
+from .config import AgentConfig
+from .telemetry import ProcReader, Sampler, normalise_arch
+
+log = logging.getLogger("scalerunner.nodeagent.agent")
+mqtt_log = logging.getLogger("scalerunner.nodeagent.mqtt")
+control_log = logging.getLogger("scalerunner.nodeagent.control")
+
+# A wall clock before this is not set yet (a board without RTC before NTP): its conn_seq would be
+# older than the one the node used before it rebooted, so the agent waits for the clock.
+CLOCK_FLOOR_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
+INCOMING_QUEUE = 64  # commands waiting to be handled; more are dropped by aiomqtt (and logged)
+OUTGOING_QUEUE = 32  # paho's in-flight messages per connection
+
+
+# -- functional core ------------------------------------------------------------------------
+
+
+def next_conn_seq(prev: int | None, now_ms: int) -> int:
+    """The seq of a new connection: the wall clock in ms, strictly above the previous seq."""
+    return now_ms if prev is None or now_ms > prev else prev + 1
+
+
+def clock_is_set(now_ms: int) -> bool:
+    return now_ms >= CLOCK_FLOOR_MS
+
+
+@dataclass
+class Backoff:
+    """Exponential reconnect delays with jitter and a cap.
+
+    The n-th delay after a failure lies in [c/2, c] with c = min(cap, initial * 2**n) ("equal
+    jitter": never a storm of instant retries, never two nodes in lock-step). A connection that
+    stayed up ``stable_after`` seconds starts the count over; one that drops at once does not,
+    so a broker that accepts and then kicks the agent out is not hammered.
+    """
+
+    initial: float = 0.5
+    cap: float = 30.0
+    stable_after: float = 10.0
+    attempt: int = 0
+    connected_at: float | None = None
+
+    def connected(self, now: float) -> None:
+        self.connected_at = now
+
+    def next_delay(self, now: float, rand: float) -> float:
+        """The delay before the next attempt; ``rand`` is uniform in [0, 1)."""
+        if self.connected_at is not None and now - self.connected_at >= self.stable_after:
+            self.attempt = 0
+        self.connected_at = None
+        ceiling = min(self.cap, self.initial * 2.0 ** min(self.attempt, 32))
+        self.attempt += 1
+        return ceiling * (0.5 + 0.5 * min(max(rand, 0.0), 1.0))
+
+
+class Action(StrEnum):
+    NONE = "none"
+    STATE = "state"  # republish the retained state (the draining flag changed)
+    IDENTIFY = "identify"
+    REBOOT = "reboot"  # run the configured reboot command
+
+
+@dataclass(frozen=True)
+class Control:
+    """What commands change. ``identify_requested_at``: the last identify, kept for the LED client."""
+
+    draining: bool = False
+    identify_requested_at: float | None = None
+    rebooting: bool = False
+
+
+@dataclass(frozen=True)
+class Decision:
+    control: Control
+    reply: Reply
+    action: Action
+    cmd: str  # the command's name, "" if the payload was not a command
+    reason: str = ""  # why it was refused, for the log
+
+
+def _refuse(control: Control, cmd: str, error: str) -> Decision:
+    return Decision(control, Reply(ok=False, error=error), Action.NONE, cmd, error)
+
+
+def decide(
+    control: Control,
+    data: bytes,
+    *,
+    now: float,
+    reboot_configured: bool,
+    led_configured: bool,
+) -> Decision:
+    """What the command payload ``data`` does. A payload that is not a valid Command changes nothing."""
+    try:
+        cmd = decode(data, Command)
+    except PayloadError as exc:
+        return _refuse(control, "", exc.detail)
+    name = cmd.cmd
+    if name in ("drain", "undrain"):
+        draining = name == "drain"
+        action = Action.STATE if draining != control.draining else Action.NONE
+        new = dataclasses.replace(control, draining=draining)
+        return Decision(new, Reply(ok=True, result={"draining": draining}), action, name)
+    if name == "identify":
+        new = dataclasses.replace(control, identify_requested_at=now) if led_configured else control
+        return Decision(new, Reply(ok=True, result={"led": led_configured}), Action.IDENTIFY, name)
+    if name == "reboot":
+        if not reboot_configured:
+            return _refuse(control, name, "reboot not configured")
+        if control.rebooting:
+            return _refuse(control, name, "reboot already in progress")
+        new = dataclasses.replace(control, rebooting=True)
+        return Decision(new, Reply(ok=True, result={"rebooting": True}), Action.REBOOT, name)
+    return _refuse(control, name, f"{name} is not supported by this agent yet")
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What the retained state says about the node besides its status."""
+
+    node: str
+    agent_version: str
+    arch: str
+    labels: tuple[str, ...]
+    capacity: Capacity | None
+
+
+def node_state(ident: Identity, status: str, conn_seq: int, control: Control, ts: float) -> NodeState:
+    return NodeState(
+        node=ident.node,
+        status="online" if status == "online" else "offline",
+        conn_seq=conn_seq,
+        agent_version=ident.agent_version,
+        arch=ident.arch,
+        labels=list(ident.labels),
+        capacity=ident.capacity,
+        ts=round(ts, 3),
+        draining=control.draining,
+    )
+
+
+# -- the shell ----------------------------------------------------------------------------------
+
+
+class Agent:
+    """The node's MQTT presence: ``await start()``, later ``await stop()`` (publishes offline)."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        *,
+        reader: ProcReader | None = None,
+        clock: Callable[[], float] = time.time,
+        rand: Callable[[], float] = random.random,
+        arch: str | None = None,
+    ) -> None:
+        self.config = config
+        self._reader = reader if reader is not None else ProcReader(state_dir=config.state_dir)
+        self._sampler = Sampler(config.node, self._reader)
+        self._clock = clock
+        self._rand = rand
+        self._arch = arch if arch is not None else normalise_arch(platform.machine())
+        self._ident: Identity | None = None
+        c = config
+        self.state_topic = node_topic(c.cluster, c.node, Kind.STATE)
+        self.telemetry_topic = node_topic(c.cluster, c.node, Kind.TELEMETRY)
+        self.cmd_topic = node_topic(c.cluster, c.node, Kind.CMD)
+        self.client_id = f"scalerunner-agent-{c.cluster}-{c.node}"
+        self.control = Control()
+        self.conn_seq: int | None = None
+        self._backoff = Backoff(c.reconnect_min, c.reconnect_max)
+        self._client: aiomqtt.Client | None = None
+        self._online = asyncio.Event()
+        self._stopping = False
+        self._runner: asyncio.Task[None] | None = None
+        self._tg: asyncio.TaskGroup | None = None
+        self.connects = 0
+        self.telemetry_sent = 0
+        self.telemetry_dropped = 0
+        self.commands_handled = 0
+        self.commands_refused = 0
+
+    def _extra(self, **fields: Any) -> dict[str, Any]:
+        return {"node": self.config.node, **fields}
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.config.broker_host}:{self.config.broker_port}"
+
+    @property
+    def online(self) -> bool:
+        return self._online.is_set()
+
+    async def start(self) -> None:
+        c = self.config
+        cpus = c.cpus if c.cpus is not None else (os.cpu_count() or 1)
+        memory = c.memory_mb
+        if memory is None:
+            try:
+                memory = self._reader.meminfo().total_mb
+            except (OSError, ValueError) as exc:
+                log.warning("cannot read memory size: %s", exc, extra=self._extra())
+        capacity = Capacity(cpus=cpus, memory_mb=memory, slots=c.slots) if memory else None
+        self._ident = Identity(c.node, __version__, self._arch, c.labels, capacity)
+        if c.password is None:
+            log.warning(
+                "no broker password; trading the bootstrap token for credentials is not built yet,"
+                " connecting with the user name only",
+                extra=self._extra(user=c.username),
+            )
+        self._stopping = False
+        self._runner = asyncio.create_task(self._run(), name=f"agent-{c.node}")
+
+    async def _run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            self._tg = tg
+            tg.create_task(self._connection_loop(), name="agent-mqtt")
+            tg.create_task(self._telemetry_loop(), name="agent-telemetry")
+
+    async def wait_online(self, timeout: float) -> None:
+        await asyncio.wait_for(self._online.wait(), timeout)
+
+    async def wait(self) -> None:
+        """Until the agent's tasks end (only by stop() or by a bug: their exception is raised here)."""
+        if self._runner is not None:
+            await asyncio.shield(self._runner)
+
+    async def stop(self) -> None:
+        self._stopping = True
+        client = self._client
+        if client is not None and self._online.is_set():
+            try:
+                await client.publish(
+                    self.state_topic, encode(self._state("offline")), qos=1, retain=True, timeout=2.0
+                )
+                mqtt_log.info("offline state published", extra=self._extra(conn_seq=self.conn_seq))
+            except aiomqtt.MqttError as exc:
+                mqtt_log.warning("cannot publish offline state: %s", exc, extra=self._extra())
+        runner = self._runner
+        if runner is not None and not runner.done():
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await runner
+        self._online.clear()
+
+    # -- connection -------------------------------------------------------------------------
+
+    def _state(self, status: str) -> NodeState:
+        assert self._ident is not None and self.conn_seq is not None
+        return node_state(self._ident, status, self.conn_seq, self.control, self._clock())
+
+    def _tls(self) -> Any:
+        if self.config.tls_ca is None:
+            return None
+        import ssl  # only when configured (asyncio has loaded the module already)
+
+        return ssl.create_default_context(cafile=str(self.config.tls_ca))
+
+    async def _wait_for_clock(self) -> int:
+        warned = False
+        while True:  # polled: nothing announces that NTP has set the clock
+            now_ms = int(self._clock() * 1000)
+            if clock_is_set(now_ms):
+                return now_ms
+            if not warned:
+                log.warning("wall clock not set yet, waiting for it before connecting", extra=self._extra())
+                warned = True
+            await asyncio.sleep(1.0)
+
+    async def _connection_loop(self) -> None:
+        c = self.config
+        tls = self._tls()
+        while True:
+            self.conn_seq = next_conn_seq(self.conn_seq, await self._wait_for_clock())
+            will = aiomqtt.Will(self.state_topic, encode(self._state("offline")), qos=1, retain=True)
+            client = aiomqtt.Client(
+                c.broker_host,
+                c.broker_port,
+                username=c.username,
+                password=c.password,
+                identifier=self.client_id,
+                protocol=aiomqtt.ProtocolVersion.V5,
+                will=will,
+                keepalive=c.keepalive,
+                clean_start=True,
+                tls_context=tls,
+                max_queued_incoming_messages=INCOMING_QUEUE,
+                max_queued_outgoing_messages=OUTGOING_QUEUE,
+            )
+            try:
+                async with client:
+                    self._client = client
+                    self._backoff.connected(time.monotonic())
+                    await client.subscribe(self.cmd_topic, qos=1)
+                    await client.publish(self.state_topic, encode(self._state("online")), qos=1, retain=True)
+                    self.connects += 1
+                    self._online.set()
+                    mqtt_log.info("online", extra=self._extra(conn_seq=self.conn_seq, endpoint=self.endpoint))
+                    async for message in client.messages:
+                        await self._on_message(client, message)
+            except aiomqtt.MqttError as exc:
+                was_online = self._online.is_set()
+                mqtt_log.warning(
+                    "broker connection lost: %s" if was_online else "cannot connect to the broker: %s",
+                    exc,
+                    extra=self._extra(endpoint=self.endpoint, conn_seq=self.conn_seq),
+                )
+            finally:
+                self._online.clear()
+                self._client = None
+            delay = self._backoff.next_delay(time.monotonic(), self._rand())
+            mqtt_log.info(
+                "reconnecting", extra=self._extra(delay_s=round(delay, 2), attempt=self._backoff.attempt)
+            )
+            await asyncio.sleep(delay)
+
+    # -- commands ---------------------------------------------------------------------------
+
+    async def _on_message(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        props = message.properties
+        response_topic: str | None = getattr(props, "ResponseTopic", None) if props is not None else None
+        corr: bytes | None = getattr(props, "CorrelationData", None) if props is not None else None
+        raw = message.payload
+        data = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
+        d = decide(
+            self.control,
+            data,
+            now=self._clock(),
+            reboot_configured=bool(self.config.reboot_command),
+            led_configured=self.config.led_serial is not None,
+        )
+        self.control = d.control
+        reply = d.reply
+        if d.action is Action.REBOOT:
+            reply = await self._start_reboot()
+        elif d.action is Action.IDENTIFY:
+            control_log.info(
+                "identify requested",
+                extra=self._extra(led=self.config.led_serial, remembered=self.config.led_serial is not None),
+            )
+        if reply.ok:
+            self.commands_handled += 1
+            control_log.info("command done", extra=self._extra(cmd=d.cmd, result=reply.result))
+        else:
+            self.commands_refused += 1
+            control_log.warning(
+                "command refused: %s", reply.error, extra=self._extra(cmd=d.cmd or None, reason=reply.error)
+            )
+        if d.action is Action.STATE and not self._stopping:
+            # The state goes out before the reply: whoever gets the reply finds the new state retained.
+            await client.publish(self.state_topic, encode(self._state("online")), qos=1, retain=True)
+        if not response_topic:
+            control_log.warning("command has no response topic, no reply sent", extra=self._extra(cmd=d.cmd))
+            return
+        props_out = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+        if corr is not None:
+            props_out.CorrelationData = corr
+        try:
+            await client.publish(response_topic, encode(reply), qos=1, properties=props_out)
+        except ValueError as exc:  # a response topic with wildcards: paho refuses it
+            control_log.warning("cannot reply to %r: %s", response_topic, exc, extra=self._extra(cmd=d.cmd))
+
+    async def _start_reboot(self) -> Reply:
+        argv = self.config.reboot_command
+        control_log.warning("rebooting", extra=self._extra(command=list(argv)))
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            self.control = dataclasses.replace(self.control, rebooting=False)
+            return Reply(ok=False, error=f"reboot command failed to start: {exc}")
+        self._spawn(self._watch_reboot(proc), name="agent-reboot")
+        return Reply(ok=True, result={"rebooting": True, "pid": proc.pid})
+
+    async def _watch_reboot(self, proc: asyncio.subprocess.Process) -> None:
+        _, err = await proc.communicate()
+        if proc.returncode == 0:
+            control_log.info("reboot command done", extra=self._extra(pid=proc.pid))
+            return
+        self.control = dataclasses.replace(self.control, rebooting=False)
+        control_log.error(
+            "reboot command failed",
+            extra=self._extra(rc=proc.returncode, stderr=err.decode(errors="replace")[-300:].strip()),
+        )
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> None:
+        if self._tg is None:
+            coro.close()
+            return
+        self._tg.create_task(coro, name=name)
+
+    # -- telemetry --------------------------------------------------------------------------
+
+    async def _telemetry_loop(self) -> None:
+        """One sample per interval; while disconnected it is dropped, never queued."""
+        interval = self.config.telemetry_interval
+        loop = asyncio.get_running_loop()
+        self._sampler.prime()
+        due = loop.time()
+        while True:
+            due += interval
+            now = loop.time()
+            if due < now:  # the loop stalled (suspend, overload): skip the missed ticks
+                due = now
+            await asyncio.sleep(due - now)
+            tele = self._sampler.sample(self._clock())
+            client = self._client
+            if tele is None:
+                continue
+            if client is None or not self._online.is_set():
+                self.telemetry_dropped += 1
+                continue
+            try:
+                await client.publish(self.telemetry_topic, encode(tele), qos=0, timeout=interval)
+                self.telemetry_sent += 1
+            except aiomqtt.MqttError:
+                self.telemetry_dropped += 1
