@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
+import msgspec
 import pytest
 from click.testing import CliRunner
 
@@ -250,3 +252,27 @@ def test_the_cli_names_a_config_file_that_does_not_exist(tmp_path: Path) -> None
     result = CliRunner().invoke(cli, ["--config", str(missing), "--cmdline", str(tmp_path / "c")])
     assert result.exit_code == 2
     assert result.stderr.strip() == f"scalerunner-agent: {missing}: cannot read: No such file or directory"
+
+
+def test_the_example_in_docs_agent_md_is_valid_and_shows_every_key() -> None:
+    from msgspec.structs import fields
+
+    from scalerunner.nodeagent import config as config_module
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "agent.md").read_text()
+    example = doc.split("## Configuration", 1)[1].split("```toml\n", 1)[1].split("```", 1)[0]
+    c = parse_config(example, source="docs/agent.md")
+    assert (c.node, c.reboot_command, c.led_serial) == ("rack1-07", ("/sbin/reboot",), "/dev/ttyACM0")
+    sections: dict[str, type[msgspec.Struct]] = {
+        "broker": config_module._Broker,
+        "telemetry": config_module._Telemetry,
+        "capacity": config_module._Capacity,
+    }
+    for f in fields(config_module._File):
+        assert re.search(rf"^(\[{f.name}\]|{f.name} = )", example, re.M), f.name
+    for name, struct in sections.items():
+        body = example.split(f"[{name}]", 1)[1].split("\n[", 1)[0]
+        for f in fields(struct):
+            if f.name != "password_file":  # shown in a comment: it excludes password
+                assert re.search(rf"^{f.name} = ", body, re.M), f"{name}.{f.name}"
+    assert "password_file" in example
