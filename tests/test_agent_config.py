@@ -222,8 +222,13 @@ def test_an_absent_kernel_command_line_means_not_netbooted(tmp_path: Path) -> No
     assert load_config(cfg, cmdline=tmp_path / "absent").bootstrap_token is None
 
 
-def test_an_unreadable_tls_ca_is_refused(tmp_path: Path) -> None:
-    cfg, cmd = _write(tmp_path, MINIMAL + 'tls_ca = "nope.pem"\n')
+@pytest.mark.parametrize(
+    "content", [None, "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n"]
+)
+def test_an_unreadable_or_invalid_tls_ca_is_refused(tmp_path: Path, content: str | None) -> None:
+    if content is not None:
+        (tmp_path / "ca.pem").write_text(content)
+    cfg, cmd = _write(tmp_path, MINIMAL + 'tls_ca = "ca.pem"\n')
     with pytest.raises(ConfigError) as info:
         load_config(cfg, cmdline=cmd)
     assert info.value.key == "broker.tls_ca"

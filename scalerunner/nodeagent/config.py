@@ -304,8 +304,15 @@ def load_config(path: Path, *, cmdline: Path = DEFAULT_CMDLINE) -> AgentConfig:
     except UnicodeDecodeError as exc:
         raise ConfigError(source, None, f"not UTF-8: {exc.reason}") from exc
     config = parse_config(text, source=source, boot=boot, base_dir=path.parent)
-    if config.tls_ca is not None and not os.access(config.tls_ca, os.R_OK):
-        raise ConfigError(source, "broker.tls_ca", f"cannot read {config.tls_ca}")
+    if config.tls_ca is not None:
+        if not os.access(config.tls_ca, os.R_OK):
+            raise ConfigError(source, "broker.tls_ca", f"cannot read {config.tls_ca}")
+        import ssl  # only with TLS configured (asyncio loads it anyway)
+
+        try:
+            ssl.create_default_context(cafile=str(config.tls_ca))
+        except ssl.SSLError as exc:
+            raise ConfigError(source, "broker.tls_ca", f"{config.tls_ca} is not a PEM CA bundle") from exc
     if config.password_file is not None:
         try:
             secret = config.password_file.read_text().strip()

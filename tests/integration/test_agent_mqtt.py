@@ -7,6 +7,7 @@ anonymous access; the fixture always stops it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -18,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -159,16 +161,17 @@ def _corr(m: mqtt.MQTTMessage) -> bytes | None:
     return bytes(value) if value is not None else None
 
 
-AgentFactory = Callable[[], "subprocess.Popen[bytes]"]
+class AgentFactory(Protocol):
+    def __call__(self, top: str = "") -> subprocess.Popen[bytes]:
+        """Start an agent; ``top``: more top-level config lines."""
+        ...
 
 
 @pytest.fixture
 def agent(broker: Broker, tmp_path: Path) -> Iterator[AgentFactory]:
     if not AGENT.exists():
         pytest.skip(f"{AGENT} is not installed (pip install -e .)")
-    cfg = tmp_path / "agent.toml"
-    cfg.write_text(
-        f"""
+    config = f"""
 cluster = "{CLUSTER}"
 node = "{NODE}"
 labels = ["kvm", "pool=ci"]
@@ -183,11 +186,12 @@ reconnect_max = 0.5
 [telemetry]
 interval = 0.2
 """
-    )
     (tmp_path / "cmdline").write_text("console=ttyS0 quiet\n")
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start() -> subprocess.Popen[bytes]:
+    def start(top: str = "") -> subprocess.Popen[bytes]:
+        cfg = tmp_path / f"agent-{len(procs)}.toml"
+        cfg.write_text(top + config)
         log = (tmp_path / f"agent-{len(procs)}.log").open("wb")
         p = subprocess.Popen(
             [str(AGENT), "--config", str(cfg), "--cmdline", str(tmp_path / "cmdline")], stdout=log, stderr=log
@@ -293,6 +297,21 @@ def test_commands_get_replies_with_their_correlation_data_and_bad_ones_change_no
     mark = len(obs.messages)
     assert obs.command(encode(Command(cmd="undrain")), corr=b"u").result == {"draining": False}
     obs.wait_for(lambda m: m.topic == STATE and b'"draining":false' in m.payload, since=mark)
+
+
+def test_reboot_runs_the_configured_command_and_replies_ok(
+    agent: AgentFactory, observe: Callable[..., Observer], tmp_path: Path
+) -> None:
+    marker = tmp_path / "rebooted"
+    obs = observe()
+    agent(f"reboot_command = {json.dumps(['touch', str(marker)])}\n")  # JSON strings are TOML strings
+    obs.wait_state("online")
+    reply = obs.command(encode(Command(cmd="reboot")), corr=b"boot")
+    assert reply.ok and reply.result["rebooting"] is True and reply.result["pid"] > 0
+    deadline = time.monotonic() + 5
+    while not marker.exists():
+        assert time.monotonic() < deadline, "the reboot command did not run"
+        time.sleep(0.02)
 
 
 def test_after_a_broker_restart_the_agent_reconnects_and_republishes_its_state(
