@@ -20,6 +20,7 @@ import logging
 import os
 import platform
 import random
+import ssl  # loaded by asyncio anyway
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -293,11 +294,9 @@ class Agent:
         assert self._ident is not None and self.conn_seq is not None
         return node_state(self._ident, status, self.conn_seq, self.control, self._clock())
 
-    def _tls(self) -> Any:
+    def _tls(self) -> ssl.SSLContext | None:
         if self.config.tls_ca is None:
             return None
-        import ssl  # only when configured (asyncio has loaded the module already)
-
         return ssl.create_default_context(cafile=str(self.config.tls_ca))
 
     async def _wait_for_clock(self) -> int:
