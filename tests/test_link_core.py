@@ -124,6 +124,20 @@ def test_gap_sends_one_nak_until_the_missing_frame_arrives() -> None:
     assert nak.has(FLAG_NAK) and nak.ack == 12
 
 
+def test_gap_after_a_window_restart_gets_another_nak() -> None:
+    # The sender went back (its window again, after our NAK) and the missing frame was lost again:
+    # without a second NAK only the RTO would recover it.
+    core = synced_receiver(10)
+    core.receive(wire(data_frame(12), data_frame(13)), 0.0)
+    (nak,) = sent(core)
+    assert nak.has(FLAG_NAK)
+    core.receive(wire(data_frame(12)), 0.0)  # the retransmitted 11 was lost; 12 comes round again
+    (nak,) = sent(core)
+    assert nak.has(FLAG_NAK) and nak.ack == 10
+    core.receive(wire(data_frame(13)), 0.0)  # the same round goes on: no NAK
+    assert sent(core) == []
+
+
 def test_unsynchronised_receiver_drops_and_answers_one_rst_per_batch() -> None:
     core = opened()
     assert delivered(core.receive(wire(data_frame(5), data_frame(6)), 0.0)) == []
@@ -387,9 +401,25 @@ def test_karn_retransmitted_frame_gives_no_rtt_sample() -> None:
     sent(core)
     core.poll(0.1)
     sent(core)
+    assert core.rto == pytest.approx(0.2)
     core.receive(wire(ack_frame(0)), 0.15)
-    assert core.srtt is None
-    assert core.rto == pytest.approx(0.2)  # the backed-off RTO stays until a valid sample
+    assert core.srtt is None  # the ACK may answer either send: no sample
+    assert core.rto == pytest.approx(0.1)  # the peer answers again: the backoff ends
+
+
+def test_ack_of_new_frames_restarts_the_timer() -> None:
+    # RFC 6298 (5.3): frames that wait behind others in the stream's buffers do not time out while
+    # acknowledgements keep coming.
+    core = synced_sender(1, rto_init=0.1)
+    core._rto = 0.1
+    for token in range(3):
+        core.send(ping(token), reliable=True, now=1.0)
+    sent(core)
+    assert core.next_deadline() == pytest.approx(1.1)
+    core.receive(wire(ack_frame(1)), 1.08)
+    core._rto = 0.1
+    assert core.next_deadline() == pytest.approx(1.18)
+    assert core.poll(1.15) == [] and sent(core) == []
 
 
 def test_rtt_samples_set_rto_as_in_rfc_6298() -> None:

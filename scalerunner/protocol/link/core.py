@@ -195,6 +195,7 @@ class LinkCore:
         self._synced = False
         self._syn_seq = self._next_seq
         self._retries = 0
+        self._progress_at = 0.0  # when an ACK last took frames out of the window
         self._srtt: float | None = None
         self._rttvar = 0.0
         self._rto = self.rto_init
@@ -203,6 +204,7 @@ class LinkCore:
         self._rx_synced = False
         self._session_syn = 0
         self._nak_sent = False
+        self._gap_seq = 0  # the last frame seen after a gap
         self._ack_pending = False
         self._nak_pending = False
         self._rst_pending = False
@@ -244,7 +246,9 @@ class LinkCore:
         """When ``poll`` next has work to do (the retransmission timer), or None."""
         if not self._window:
             return None
-        return self._window[0].last_sent + self._rto
+        # RFC 6298 (5.3): an ACK of new frames restarts the timer, so frames queued behind others
+        # in the byte stream's buffers do not time out while acknowledgements keep coming.
+        return max(self._window[0].last_sent, self._progress_at) + self._rto
 
     # --- sender ---
 
@@ -364,6 +368,9 @@ class LinkCore:
         if any(id(item) in gone for item in self._tx):
             self._tx = [item for item in self._tx if id(item) not in gone]
         self._retries = 0
+        self._progress_at = self._now
+        # The peer answers again: the backoff ends (RTO from the estimate), as the retry count does.
+        self._rto = self._rto_from_estimate()
         if not self._synced:
             self._synced = True
             self._resend_window()  # the frames held back behind the SYN
@@ -458,9 +465,15 @@ class LinkCore:
             self._ack_pending = True
         else:
             self.stats.out_of_order += 1
-            if not self._nak_sent:
+            # One NAK per gap, and one more each time the sender starts its window over (a frame that
+            # is not after the last one seen past the gap) and that round again misses `expected`;
+            # otherwise a lost retransmission would wait for a whole RTO.
+            behind = (seq - self._gap_seq) % SEQ_MOD
+            new_round = self._nak_sent and (behind == 0 or behind >= SEQ_MOD // 2)
+            if not self._nak_sent or new_round:
                 self._nak_sent = True
                 self._nak_pending = True
+            self._gap_seq = seq
 
     def _deliver(self, frame: Frame, reliable: bool, events: list[Event]) -> None:
         try:
