@@ -152,6 +152,20 @@ class LinkCore:
     after ``max_retries`` consecutive timeouts without progress every message in the window fails.
     ``initial_seq`` fixes the first sequence number (else it is drawn from ``rng``).
     ``trace`` is called with ("tx" | "rx", frame) for every frame sent or decoded.
+
+    Where this core is more precise than the text of section 2 (each is wire-compatible with a peer
+    that follows the text):
+
+    - Until its SYN frame is acknowledged, the sender sends only that frame and takes only an ACK of
+      exactly it; the rest of the window follows the ACK. An ACK beyond it can only be stale (the
+      peer's receiver state for our previous incarnation) and would release frames never received.
+    - An ACK that takes frames out of the window restarts the timer (RFC 6298 5.3) and ends the
+      exponential backoff, as it resets the retry count; Karn's rule still governs RTT samples.
+    - A SYN whose seq is the session's own is a repeat only if ``0 < (expected - seq) mod 256 <= 127``:
+      a receiver does not know its peer's W, and ``expected == seq`` is a new session after a wrap.
+    - After a gap the receiver NAKs once, and once more whenever the sender visibly starts its window
+      over (a frame not after the last one seen past the gap) and still misses ``expected``.
+    - ERROR answers to undecodable frames are sent unreliably.
     """
 
     def __init__(
