@@ -20,6 +20,7 @@ from scalerunner.protocol.link import (
     FdStream,
     Link,
     PeerSession,
+    open_fd_stream,
     open_pty_pair,
     open_serial,
     open_tcp,
@@ -330,7 +331,9 @@ def test_end_of_file_on_the_stream_closes_the_link() -> None:
 
 def test_pty_whose_other_side_closes_reads_as_end_of_file() -> None:
     async def main() -> None:
-        master, slave = open_pty_pair()
+        master_fd, slave_fd = os.openpty()
+        master = open_fd_stream(master_fd, name="pty master")
+        slave = FdStream(slave_fd, os.ttyname(slave_fd))
         async with Link(master) as a:
             await slave.close()
             with pytest.raises(LinkClosed):

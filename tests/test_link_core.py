@@ -457,6 +457,14 @@ def test_trace_hook_sees_every_frame_both_ways_and_stats_count_them() -> None:
     assert core.stats.bytes_out == 1 + len(out)  # and the opening 0x00
 
 
+def test_stats_as_dict_names_every_counter_and_each_drop_reason() -> None:
+    core = synced_receiver(10)
+    core.receive(b"\x02\x01\x00", 0.0)  # a one-byte frame: too short
+    stats = core.stats.as_dict()
+    assert stats["drop_short"] == 1 and stats["delivered"] == 1 and stats["frames_in"] == 1
+    assert "drops" not in stats
+
+
 def test_option_validation() -> None:
     with pytest.raises(ValueError):
         LinkCore(window=128)

@@ -25,7 +25,15 @@ from .core import (
     Undecodable,
     WindowFull,
 )
-from .streams import AsyncioStream, ByteStream, FdStream, open_pty_pair, open_serial, open_tcp
+from .streams import (
+    AsyncioStream,
+    ByteStream,
+    FdStream,
+    open_fd_stream,
+    open_pty_pair,
+    open_serial,
+    open_tcp,
+)
 
 __all__ = [
     "CONSOLE_CHUNK_MAX",
@@ -47,6 +55,7 @@ __all__ = [
     "TraceHook",
     "Undecodable",
     "WindowFull",
+    "open_fd_stream",
     "open_pty_pair",
     "open_serial",
     "open_tcp",

@@ -125,6 +125,12 @@ class LinkStats:
     bytes_in: int = 0
     bytes_out: int = 0
 
+    def as_dict(self) -> dict[str, int]:
+        """Every counter by name; drops as ``drop_<reason>`` (only the reasons seen)."""
+        out = {f"drop_{reason}": n for reason, n in sorted(self.drops.items())}
+        out.update({name: value for name, value in vars(self).items() if isinstance(value, int)})
+        return out
+
 
 @dataclass(slots=True)
 class _Outstanding:

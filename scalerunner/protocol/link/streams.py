@@ -137,6 +137,11 @@ class FdStream:
                 os.close(self._fd)
 
 
+def open_fd_stream(fd: int, *, name: str) -> FdStream:
+    """A stream over a descriptor already open (e.g. a pty master); it is closed with the stream."""
+    return FdStream(fd, name)
+
+
 def open_serial(path: str, baud: int = 115200) -> FdStream:
     """A serial port by path (``/dev/ttyACM0``) at ``baud`` 8N1, configured by pyserial (POSIX)."""
     if os.name != "posix":
