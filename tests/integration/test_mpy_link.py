@@ -479,30 +479,39 @@ def ping_frame(seq: int, flags: int = R, ack: int = 0) -> Frame:
     return PING.to_frame(seq=seq, ack=ack, flags=flags)
 
 
-def test_first_reliable_frame_opens_the_session_with_syn_until_acknowledged(drv: LinkDriver) -> None:
+def test_first_reliable_frame_opens_the_session_with_syn_and_goes_alone(drv: LinkDriver) -> None:
     assert drv.new(seq=250)["out"] == "00"  # one 0x00 opens the line
     (f,) = drv.send(PING)["frames"]
     assert hdr(f) == (MsgType.PING, 250, 0, R | S) and Message.from_frame(f) == PING
-    (f,) = drv.send(PING)["frames"]
-    assert hdr(f) == (MsgType.PING, 251, 0, R)
-    # the timer resends the window: SYN stays on 250 until it is acknowledged
-    frames = drv.advance(250)["frames"]
-    assert [hdr(f) for f in frames] == [(MsgType.PING, 250, 0, R | S), (MsgType.PING, 251, 0, R)]
+    assert drv.send(PING)["frames"] == []  # held back until the SYN frame is acknowledged
+    # the timer resends only the SYN frame, SYN still set
+    assert [hdr(f) for f in drv.advance(250)["frames"]] == [(MsgType.PING, 250, 0, R | S)]
     st = drv.feed(Frame(type=MsgType.ACK, ack=250, flags=A))
-    assert st["synced"] and st["frames"] == []
-    assert [hdr(f) for f in drv.advance(1000)["frames"]] == [(MsgType.PING, 251, 0, R)]
+    assert st["synced"] and [hdr(f) for f in st["frames"]] == [(MsgType.PING, 251, 0, R)]
+
+
+def test_an_ack_beyond_the_syn_frame_is_stale_and_releases_nothing(drv: LinkDriver) -> None:
+    # The peer's receiver may still hold our previous session: its ACK must not release new frames.
+    drv.new(seq=10)
+    drv.send(PING)
+    drv.send(PING)
+    st = drv.feed(Frame(type=MsgType.ACK, ack=11, flags=A))
+    assert not st["synced"] and st["frames"] == []
+    assert [hdr(f) for f in drv.advance(250)["frames"]] == [(MsgType.PING, 10, 0, R | S)]
 
 
 def test_a_full_window_refuses_and_a_cumulative_ack_makes_room(drv: LinkDriver) -> None:
     drv.new(seq=254, window=2)
+    drv.send(PING)
+    drv.feed(Frame(type=MsgType.ACK, ack=254, flags=A))  # session open
     assert drv.send(PING)["ok"] and drv.send(PING)["ok"]
     assert not drv.send(PING)["ok"]
     assert drv.send(PING, reliable=False)["ok"]  # unreliable frames do not need room
-    drv.feed(Frame(type=MsgType.ACK, ack=255, flags=A))  # acks 254 and 255 (wrapping)
+    drv.feed(Frame(type=MsgType.ACK, ack=0, flags=A))  # acks 255 and 0 (wrapping)
     (f,) = drv.send(PING)["frames"]
-    assert hdr(f) == (MsgType.PING, 0, 0, R)
+    assert hdr(f) == (MsgType.PING, 1, 0, R)
     drv.feed(Frame(type=MsgType.ACK, ack=100, flags=A))  # outside the window: old, ignored
-    assert drv.advance(250)["frames"][0].seq == 0
+    assert drv.advance(250)["frames"][0].seq == 1
 
 
 def test_receiver_delivers_in_order_and_acknowledges_a_burst_once(drv: LinkDriver) -> None:
@@ -520,6 +529,8 @@ def test_duplicates_are_acknowledged_again_and_not_delivered(drv: LinkDriver) ->
     assert [hdr(f) for f in st["frames"]] == [(MsgType.ACK, 0, 11, A)]
     st = drv.feed(ping_frame(10, R | S))  # the session's opening frame again: re-ack, no new session
     assert st["delivered"] == [] and [hdr(f) for f in st["frames"]] == [(MsgType.ACK, 0, 11, A)]
+    st = drv.feed(ping_frame(12))
+    assert [d[1] for d in st["delivered"]] == [12]
 
 
 def test_a_gap_is_answered_by_one_nak_then_filled(drv: LinkDriver) -> None:
@@ -553,8 +564,10 @@ def test_rst_and_nak_make_the_sender_resend_its_window(drv: LinkDriver) -> None:
     drv.send(PING)
     frames = drv.feed(Frame(type=MsgType.ACK, ack=30, flags=A | NAK))["frames"]
     assert [hdr(f) for f in frames] == [(MsgType.PING, 31, 0, R), (MsgType.PING, 32, 0, R)]
-    frames = drv.feed(Frame(type=MsgType.ACK, flags=RST))["frames"]
-    assert [hdr(f) for f in frames] == [(MsgType.PING, 31, 0, R | S), (MsgType.PING, 32, 0, R)]
+    frames = drv.feed(Frame(type=MsgType.ACK, flags=RST))["frames"]  # a new session: the SYN frame alone
+    assert [hdr(f) for f in frames] == [(MsgType.PING, 31, 0, R | S)]
+    frames = drv.feed(Frame(type=MsgType.ACK, ack=31, flags=A))["frames"]
+    assert [hdr(f) for f in frames] == [(MsgType.PING, 32, 0, R)]
 
 
 def test_acks_ride_on_replies(drv: LinkDriver) -> None:
@@ -578,15 +591,24 @@ def test_rto_follows_rfc6298_with_karn_and_backoff_then_the_peer_is_lost(drv: Li
     assert drv.advance(284)["frames"] == []
     st = drv.advance(1)
     assert [f.seq for f in st["frames"]] == [2] and st["rto"] == 570  # resent, backed off
+    drv.advance(10)
     st = drv.feed(Frame(type=MsgType.ACK, ack=2, flags=A))
-    assert st["rto"] == 570  # Karn: no sample from a resent frame
+    # Karn: no sample from the resent frame (10 ms would have moved it); progress ends the backoff
+    assert st["rto"] == 285
+    # the timer restarts at each ACK that makes progress, not at the oldest frame's send time
     drv.send(PING)
-    sent = [drv.advance(ms)["frames"] for ms in (570, 1140, 2000)]
-    assert [[f.seq for f in fs] for fs in sent] == [[3], [3], [3]]
+    drv.send(PING)
+    drv.advance(200)
+    assert drv.feed(Frame(type=MsgType.ACK, ack=3, flags=A))["frames"] == []
+    rto = drv.advance(0)["rto"]  # after a sample of 200: SRTT 108, RTTVAR 62
+    assert drv.advance(rto - 1)["frames"] == []
+    assert [f.seq for f in drv.advance(1)["frames"]] == [4]
+    sent = [drv.advance(ms)["frames"] for ms in (2 * rto, 4 * rto)]  # backed off (still under RTO_MAX)
+    assert [[f.seq for f in fs] for fs in sent] == [[4], [4]]
     st = drv.advance(2000)
     assert st["lost"] == 1 and st["frames"] == []
     (f,) = drv.send(PING)["frames"]  # a new session
-    assert hdr(f) == (MsgType.PING, 4, 0, R | S)
+    assert hdr(f) == (MsgType.PING, 5, 0, R | S)
 
 
 def test_unknown_types_and_bad_bodies_are_acked_counted_and_answered(drv: LinkDriver) -> None:
@@ -594,7 +616,7 @@ def test_unknown_types_and_bad_bodies_are_acked_counted_and_answered(drv: LinkDr
     st = drv.feed(Frame(type=0x55, seq=8, flags=R | S, body=b"?"), Frame(type=MsgType.PING, seq=9, flags=R))
     assert st["delivered"] == [] and st["drops"]["unknown_type"] == 1 and st["drops"]["body"] == 1
     errors = [f for f in st["frames"] if f.type == MsgType.ERROR]
-    assert [(f.seq, f.flags & R) for f in errors] == [(60, R), (61, R)]
+    assert [(f.seq, f.flags & R) for f in errors] == [(0, 0), (0, 0)]  # answered unreliably
     assert [Message.from_frame(f).fields for f in errors] == [
         {"code": ErrorCode.UNKNOWN_TYPE, "ref_type": 0x55, "ref_seq": 8, "text": "unknown type"},
         {"code": ErrorCode.BAD_BODY, "ref_type": MsgType.PING, "ref_seq": 9, "text": "bad body"},

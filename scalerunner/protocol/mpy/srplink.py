@@ -1,7 +1,14 @@
 # srplink: reliable delivery over a byte stream for MicroPython (docs/protocol.md section 2).
 #
 # Go-back-N with cumulative ACK, NAK for fast retransmission, SYN/RST sessions and
-# an RFC 6298 retransmission timer. Nothing blocks: the application calls poll()
+# an RFC 6298 retransmission timer. Where section 2's text leaves room, this
+# makes the same choices as the host's LinkCore (scalerunner/protocol/link/core.py):
+# until its SYN frame is acknowledged only that frame is sent and only an ACK of
+# exactly it counts (an ACK beyond it can only be stale); an ACK that makes
+# progress restarts the timer and ends the backoff; a repeated SYN is recognised
+# within 127 (the peer's W is unknown); ERROR answers go unreliably.
+#
+# Nothing blocks: the application calls poll()
 # often; it reads what the stream has, handles it, sends one ACK per batch and
 # runs the timer. The stream is any object with readinto() (returning None or 0
 # when nothing is waiting) and write(): machine.UART on the board, PtyStream here.
@@ -65,7 +72,8 @@ class Link:
         self._type = bytearray(window)
         self._len = bytearray(window)
         self._tx = bytearray(window)  # times sent (Karn: sample only if 1)
-        self._sent = [0] * window  # ticks of the last send
+        self._sent = [0] * window  # ticks of the last send (for RTT samples)
+        self._timer = 0  # ticks when the retransmission timer was (re)started
         self._head = 0  # ring index of the oldest unacknowledged frame
         self._count = 0
         self._base = 0  # its seq
@@ -74,6 +82,7 @@ class Link:
         self.syn_seq = self.next_seq
         self._rto_init, self._rto_min, self._rto_max = rto_init, rto_min, rto_max
         self.rto = rto_init
+        self._rto_base = rto_init  # the RTO before any backoff
         self._srtt8 = -1  # smoothed RTT x8 (-1: no sample yet); integers keep floats off the heap
         self._rttvar4 = 0  # RTT variance x4
         self.max_retries = max_retries
@@ -111,7 +120,10 @@ class Link:
         if not self._count:
             self._base = seq
         self._count += 1
-        self._transmit(i, seq)
+        if self._count == 1:
+            self._timer = self._clock()
+        if self.synced or self._count == 1:  # unsynced: only the SYN frame is on the line
+            self._transmit(i, seq)
         return True
 
     def _ack_flags(self):
@@ -129,14 +141,18 @@ class Link:
         flags |= ACKREQ
         if not self.synced and seq == self.syn_seq:
             flags |= SYN
+        if self._tx[i]:
+            self.retransmits += 1
         if self._tx[i] < 255:
             self._tx[i] += 1
         self._sent[i] = self._clock()
         self.stream.write(self._enc.encode_body(self._type[i], seq, ack, flags, self._bodymv[i][: self._len[i]]))
 
     def _resend_all(self):
-        for k in range(self._count):
+        # Go-back-N: the whole window, in order (only the SYN frame while unsynced).
+        for k in range(self._count if self.synced else min(self._count, 1)):
             self._transmit((self._head + k) % self.W, (self._base + k) & 0xFF)
+        self._timer = self._clock()
 
     # --- receiving -----------------------------------------------------------
 
@@ -169,10 +185,10 @@ class Link:
             self.syn_seq = self._base if self._count else self.next_seq
             self._resend_all()
         if not flags & ACKREQ:
-            self._deliver(type_id, 0, body, False)
+            self._deliver(type_id, 0, body)
             return
         if flags & SYN:
-            if self.rx_synced and seq == self.session_syn and ((self.expected - seq) & 0xFF) <= self.W:
+            if self.rx_synced and seq == self.session_syn and 0 < ((self.expected - seq) & 0xFF) < 128:
                 self._ack_due = True  # the opening frame again: its ACK was lost
                 return
             self.expected = self.session_syn = seq
@@ -185,7 +201,7 @@ class Link:
             self.expected = (seq + 1) & 0xFF
             self._nak_sent = False
             self._ack_due = True
-            self._deliver(type_id, seq, body, True)
+            self._deliver(type_id, seq, body)
         elif ((self.expected - 1 - seq) & 0xFF) < 128:
             self.drops["duplicate"] += 1
             self._ack_due = True
@@ -194,16 +210,14 @@ class Link:
             if not self._nak_sent:
                 self._nak_due = self._nak_sent = True
 
-    def _deliver(self, type_id, seq, body, reliable):
+    def _deliver(self, type_id, seq, body):
         if type_id == _T_ACK:
             return
         fields = srp.unpack(type_id, body)
         if isinstance(fields, int):  # intact frame we cannot use: count it and say so
             self._dec.drop("unknown_type" if fields == srp.ERR_UNKNOWN_TYPE else "body")
             text = "unknown type" if fields == srp.ERR_UNKNOWN_TYPE else "bad body"
-            msg = (fields, type_id, seq, text)
-            if not (reliable and self.send(_T_ERROR, msg)):
-                self.send(_T_ERROR, msg, reliable=False)
+            self.send(_T_ERROR, (fields, type_id, seq, text), reliable=False)
         elif self.on_message is not None:
             self.rx_seq = seq
             self.on_message(type_id, fields)
@@ -212,19 +226,25 @@ class Link:
 
     def _on_ack(self, ack, nak):
         k = (ack - self._base) & 0xFF
-        if k < self._count:  # an ack outside the window is old: ignore it
+        # An ack outside the window is old; while unsynced only the SYN frame (the
+        # oldest) may be acknowledged: anything else is the peer's state for our
+        # previous session.
+        if k < self._count and (self.synced or k == 0):
             k += 1
             last = (self._head + k - 1) % self.W
             if self._tx[last] == 1:  # Karn's rule: no sample from a resent frame
                 self._rtt_sample(time.ticks_diff(self._clock(), self._sent[last]))
-            if not self.synced and ((self.syn_seq - self._base) & 0xFF) < k:
-                self.synced = True
+            self.rto = self._rto_base  # progress ends the backoff
             self._head = (self._head + k) % self.W
             self._base = (self._base + k) & 0xFF
             self._count -= k
             self._retries = 0
+            self._timer = self._clock()  # RFC 6298 5.3
+            if not self.synced:
+                self.synced = True
+                self._resend_all()  # the frames held back behind the SYN
+                return
         if nak and self._count:
-            self.retransmits += self._count
             self._resend_all()
 
     # --- timer (RFC 6298) ----------------------------------------------------
@@ -237,19 +257,18 @@ class Link:
             delta = r - (self._srtt8 >> 3)
             self._srtt8 += delta  # SRTT += (R - SRTT) / 8
             self._rttvar4 += (delta if delta >= 0 else -delta) - (self._rttvar4 >> 2)  # += (|d| - RTTVAR) / 4
-        self.rto = min(max((self._srtt8 >> 3) + self._rttvar4, self._rto_min), self._rto_max)
+        self.rto = self._rto_base = min(max((self._srtt8 >> 3) + self._rttvar4, self._rto_min), self._rto_max)
 
     def _run_timer(self):
         if not self._count:
             return
-        if time.ticks_diff(self._clock(), self._sent[self._head]) < self.rto:
+        if time.ticks_diff(self._clock(), self._timer) < self.rto:
             return
         if self._retries >= self.max_retries:
             self._peer_gone()
             return
         self._retries += 1
         self.rto = min(self.rto * 2, self._rto_max)
-        self.retransmits += self._count
         self._resend_all()
 
     def _peer_gone(self):
@@ -259,7 +278,7 @@ class Link:
         self._retries = 0
         self.synced = False
         self.syn_seq = self.next_seq
-        self.rto = self._rto_init  # the next peer may be another one: learn its RTT afresh
+        self.rto = self._rto_base = self._rto_init  # the next peer may be another: learn its RTT afresh
         self._srtt8 = -1
         if self.on_lost is not None:
             self.on_lost(self.name)
@@ -268,7 +287,7 @@ class Link:
         """How long the caller may sleep before poll() has timer work: at most `limit`."""
         if not self._count:
             return limit
-        left = self.rto - time.ticks_diff(self._clock(), self._sent[self._head])
+        left = self.rto - time.ticks_diff(self._clock(), self._timer)
         return max(0, min(left, limit))
 
 
