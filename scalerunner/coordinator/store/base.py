@@ -1,0 +1,142 @@
+"""The store's interface: a small Protocol and the records that cross it.
+
+A back end (SQLite now, PostgreSQL later) is one module implementing ``Store``. Records are plain
+frozen data; the store never decides anything, it keeps what the deciding code (the lifecycle,
+the scheduler) gives it. Every method fails with ``StoreError`` naming the database.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ["Event", "EventRecord", "NodeRecord", "Store", "TelemetryMinute"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeRecord:
+    """What the coordinator knows of a node, beyond the inventory. ``data`` holds the rest
+    (anything JSON can say); a new field starts its life there before it earns a column."""
+
+    name: str
+    state: str  # lifecycle state: off, booting, online, idle, busy, draining, offline, failed
+    health: str  # good, unknown, bad, maintenance, retired
+    health_reason: str = ""
+    conn_seq: int = 0  # the agent connection the state belongs to (NodeState.conn_seq)
+    state_since: float = 0.0  # Unix time of the last lifecycle transition
+    last_telemetry: float | None = None  # Unix time
+    recovery_attempts: int = 0
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name:
+            raise ValueError("a node record needs a name")
+        if self.conn_seq < 0 or self.recovery_attempts < 0:
+            raise ValueError("conn_seq and recovery_attempts are >= 0")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """A change to record: on ``axis`` ("state", "health", "command", ...) ``old`` became ``new``
+    at ``at`` (Unix time, from the caller's clock) because of ``reason``."""
+
+    node: str
+    axis: str
+    old: str
+    new: str
+    reason: str = ""
+    at: float
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.node or not self.axis:
+            raise ValueError("an event needs a node and an axis")
+        if not math.isfinite(self.at):
+            raise ValueError("an event's time is a finite number")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EventRecord:
+    """A recorded event; ``id`` grows with every event, so ``after_id`` pages through them."""
+
+    id: int
+    node: str
+    axis: str
+    old: str
+    new: str
+    reason: str
+    at: float
+    data: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TelemetryMinute:
+    """One node's telemetry over one minute, starting at ``minute`` (Unix time, a multiple of 60)."""
+
+    node: str
+    minute: int
+    samples: int
+    avg_load1: float
+    avg_cpu_pct: float
+    max_temp_c: float | None  # None: no sample carried a temperature
+    max_mem_used_mb: int
+
+
+class Store(Protocol):
+    """The coordinator's durable state. ``where`` names the database in errors and logs.
+
+    A write is durable when its coroutine returns (it survives ``kill -9`` and power loss);
+    a write whose caller was cancelled may or may not have happened.
+    """
+
+    where: str
+
+    async def start(self) -> None:
+        """Open (creating or migrating the schema); StoreError if that cannot be done."""
+
+    async def stop(self) -> None:
+        """Flush pending telemetry and close. The store may not be used afterwards."""
+
+    async def get_node(self, name: str) -> NodeRecord | None: ...
+
+    async def list_nodes(self) -> list[NodeRecord]:
+        """Every node record, by name."""
+        ...
+
+    async def apply(self, node: NodeRecord | None, events: Sequence[Event] = ()) -> list[int]:
+        """Write ``node`` (insert or replace it whole) and append ``events`` in ONE transaction:
+        either all of it is recorded or none. Returns the events' ids, in order."""
+        ...
+
+    async def list_events(
+        self, node: str | None = None, after_id: int | None = None, limit: int = 100
+    ) -> list[EventRecord]:
+        """Events oldest first. With ``after_id``: the first ``limit`` events after it (to page
+        or follow). Without: the latest ``limit``. ``node`` narrows to one node."""
+        ...
+
+    def add_telemetry(
+        self,
+        node: str,
+        ts: float,
+        load1: float,
+        cpu_pct: float,
+        mem_used_mb: int,
+        temp_c: float | None = None,
+    ) -> None:
+        """Count one sample into its node's minute, in memory (no I/O): cheap at 1000 nodes x 1 Hz."""
+
+    async def flush_telemetry(self) -> int:
+        """Write the samples counted so far in one transaction; returns how many minutes it wrote."""
+        ...
+
+    async def telemetry(self, node: str, since: float) -> list[TelemetryMinute]:
+        """``node``'s minutes that end after ``since``, oldest first, including samples not yet
+        flushed."""
+        ...
+
+    async def prune_telemetry(self, before: float) -> int:
+        """Forget the minutes that ended by ``before``; returns how many."""
+        ...

@@ -1,0 +1,540 @@
+"""The SQLite store: one file in WAL mode, written so that an acknowledged write survives
+``kill -9`` and power loss (``synchronous=FULL``: every commit fsyncs the WAL).
+
+SQLite connections are not shared across threads, and a commit waits for an fsync, so all the
+SQLite work runs in one dedicated worker thread with one connection; the event loop only awaits
+it. The schema is versioned in the ``schema_version`` table and created or migrated on open; a
+lock file keeps a second coordinator from writing the same database.
+
+Telemetry is summarised per node per minute. Samples are counted in memory
+(``add_telemetry``) and written in batches (``flush_telemetry``, every ``flush_interval``
+seconds and at stop), one transaction each, so a rack of 1000 nodes at 1 Hz costs one fsync per
+batch rather than 1000 a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import fcntl
+import logging
+import math
+import os
+import sqlite3
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+import msgspec
+
+from ..errors import StoreError
+from .base import Event, EventRecord, NodeRecord, TelemetryMinute
+
+__all__ = ["SCHEMA_VERSION", "SqliteStore"]
+
+log = logging.getLogger("scalerunner.coordinator.store")
+
+T = TypeVar("T")
+
+# Each entry moves the schema from version i to i + 1; never edit one that has shipped, append.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        """CREATE TABLE nodes (
+            name TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            health TEXT NOT NULL,
+            health_reason TEXT NOT NULL DEFAULT '',
+            conn_seq INTEGER NOT NULL DEFAULT 0,
+            state_since REAL NOT NULL DEFAULT 0,
+            last_telemetry REAL,
+            recovery_attempts INTEGER NOT NULL DEFAULT 0,
+            data TEXT NOT NULL DEFAULT '{}'
+        )""",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            node TEXT NOT NULL,
+            axis TEXT NOT NULL,
+            old TEXT NOT NULL,
+            new TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT '',
+            data TEXT NOT NULL DEFAULT '{}'
+        )""",
+        "CREATE INDEX events_by_node ON events (node, id)",
+        """CREATE TABLE telemetry_minutes (
+            node TEXT NOT NULL,
+            minute INTEGER NOT NULL,
+            samples INTEGER NOT NULL,
+            load1_sum REAL NOT NULL,
+            cpu_pct_sum REAL NOT NULL,
+            temp_c_max REAL,
+            mem_used_mb_max INTEGER NOT NULL,
+            PRIMARY KEY (node, minute)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX telemetry_by_minute ON telemetry_minutes (minute)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_NODE_COLUMNS = (
+    "name, state, health, health_reason, conn_seq, state_since, last_telemetry, recovery_attempts, data"
+)
+_EVENT_COLUMNS = "id, node, axis, old, new, reason, at, data"
+
+_MAX_TS = 1e11  # Unix time, the year 5138
+_MAX_INT = 2**53
+
+_json_encode = msgspec.json.Encoder().encode
+_json_decode = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+@dataclasses.dataclass(slots=True)
+class _Minute:
+    """The running sums of one node's minute, before they are written."""
+
+    samples: int = 0
+    load1_sum: float = 0.0
+    cpu_pct_sum: float = 0.0
+    temp_c_max: float | None = None
+    mem_used_mb_max: int = 0
+
+    def add(self, load1: float, cpu_pct: float, mem_used_mb: int, temp_c: float | None) -> None:
+        self.samples += 1
+        self.load1_sum += load1
+        self.cpu_pct_sum += cpu_pct
+        self.mem_used_mb_max = max(self.mem_used_mb_max, mem_used_mb)
+        if temp_c is not None:
+            self.temp_c_max = temp_c if self.temp_c_max is None else max(self.temp_c_max, temp_c)
+
+    def merge(self, other: _Minute) -> None:
+        self.samples += other.samples
+        self.load1_sum += other.load1_sum
+        self.cpu_pct_sum += other.cpu_pct_sum
+        self.mem_used_mb_max = max(self.mem_used_mb_max, other.mem_used_mb_max)
+        if other.temp_c_max is not None:
+            self.add_temp(other.temp_c_max)
+
+    def add_temp(self, temp_c: float) -> None:
+        self.temp_c_max = temp_c if self.temp_c_max is None else max(self.temp_c_max, temp_c)
+
+    def record(self, node: str, minute: int) -> TelemetryMinute:
+        return TelemetryMinute(
+            node=node,
+            minute=minute,
+            samples=self.samples,
+            avg_load1=self.load1_sum / self.samples,
+            avg_cpu_pct=self.cpu_pct_sum / self.samples,
+            max_temp_c=self.temp_c_max,
+            max_mem_used_mb=self.mem_used_mb_max,
+        )
+
+
+Pending = dict[str, dict[int, _Minute]]
+
+
+class SqliteStore:
+    """``Store`` on one SQLite file. ``flush_interval``: seconds between telemetry batches
+    (None: only when ``flush_telemetry`` is called, and at stop)."""
+
+    def __init__(self, path: str | Path, *, flush_interval: float | None = 5.0) -> None:
+        self.path = Path(path)
+        self.where = str(self.path)
+        self._flush_interval = flush_interval
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # touched only by the worker thread
+        self._lock_fd: int | None = None
+        self._pending: Pending = {}
+        self._flusher: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._executor is not None:
+            raise StoreError(self.where, "already started")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-sqlite")
+        try:
+            await self._submit("open", self._open)
+        except BaseException:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+            raise
+        self._stopping.clear()
+        if self._flush_interval is not None:
+            self._flusher = asyncio.create_task(self._flush_every(self._flush_interval), name="store.flush")
+
+    async def stop(self) -> None:
+        if self._executor is None:
+            return
+        self._stopping.set()
+        if self._flusher is not None:
+            await self._flusher  # it finishes the batch in hand, never cut off mid-write
+            self._flusher = None
+        try:
+            await self.flush_telemetry()
+        finally:
+            try:
+                await self._submit("close", self._close)
+            finally:
+                self._executor.shutdown(wait=False)
+                self._executor = None
+
+    async def __aenter__(self) -> SqliteStore:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- nodes and events ---------------------------------------------------------------------
+
+    async def get_node(self, name: str) -> NodeRecord | None:
+        def get(conn: sqlite3.Connection) -> NodeRecord | None:
+            row = conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes WHERE name = ?", (name,)).fetchone()
+            return None if row is None else _node(row)
+
+        return await self._run(f"get node {name}", get)
+
+    async def list_nodes(self) -> list[NodeRecord]:
+        def list_(conn: sqlite3.Connection) -> list[NodeRecord]:
+            return [_node(r) for r in conn.execute(f"SELECT {_NODE_COLUMNS} FROM nodes ORDER BY name")]
+
+        return await self._run("list nodes", list_)
+
+    async def apply(self, node: NodeRecord | None, events: Sequence[Event] = ()) -> list[int]:
+        # Encode here, on the caller's side: a record that cannot be stored fails before any I/O.
+        node_row = None if node is None else self._node_row(node)
+        event_rows = [self._event_row(e) for e in events]
+
+        def write(conn: sqlite3.Connection) -> list[int]:
+            ids: list[int] = []
+            with _transaction(conn):
+                if node_row is not None:
+                    conn.execute(
+                        f"INSERT OR REPLACE INTO nodes ({_NODE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        node_row,
+                    )
+                for row in event_rows:
+                    cur = conn.execute(
+                        "INSERT INTO events (at, node, axis, old, new, reason, data)"
+                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        row,
+                    )
+                    assert cur.lastrowid is not None
+                    ids.append(cur.lastrowid)
+            return ids
+
+        what = f"apply node {node.name}" if node is not None else "append events"
+        return await self._run(what, write)
+
+    async def list_events(
+        self, node: str | None = None, after_id: int | None = None, limit: int = 100
+    ) -> list[EventRecord]:
+        if limit < 1:
+            raise StoreError(self.where, f"list events: limit {limit} is not >= 1")
+        where: list[str] = ["1"]
+        args: list[Any] = []
+        if node is not None:
+            where.append("node = ?")
+            args.append(node)
+        if after_id is not None:
+            where.append("id > ?")
+            args.append(after_id)
+            sql = f"SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)} ORDER BY id LIMIT ?"
+        else:
+            sql = (
+                f"SELECT * FROM (SELECT {_EVENT_COLUMNS} FROM events WHERE {' AND '.join(where)}"
+                " ORDER BY id DESC LIMIT ?) ORDER BY id"
+            )
+        args.append(limit)
+
+        def list_(conn: sqlite3.Connection) -> list[EventRecord]:
+            return [_event(r) for r in conn.execute(sql, args)]
+
+        return await self._run("list events", list_)
+
+    # -- telemetry ----------------------------------------------------------------------------
+
+    def add_telemetry(
+        self,
+        node: str,
+        ts: float,
+        load1: float,
+        cpu_pct: float,
+        mem_used_mb: int,
+        temp_c: float | None = None,
+    ) -> None:
+        if not all(math.isfinite(v) for v in (ts, load1, cpu_pct)):
+            raise ValueError("telemetry values are finite numbers")
+        # What SQLite cannot hold would fail every later flush of its batch: refuse it here.
+        if not 0 <= ts <= _MAX_TS or not 0 <= mem_used_mb <= _MAX_INT:
+            raise ValueError(f"telemetry out of range: ts {ts}, mem_used_mb {mem_used_mb}")
+        if temp_c is not None and not math.isfinite(temp_c):
+            temp_c = None
+        minute = int(ts // 60) * 60
+        per_node = self._pending.setdefault(node, {})
+        acc = per_node.get(minute)
+        if acc is None:
+            acc = per_node[minute] = _Minute()
+        acc.add(load1, cpu_pct, mem_used_mb, temp_c)
+
+    async def flush_telemetry(self) -> int:
+        batch, self._pending = self._pending, {}
+        rows = [
+            (node, minute, m.samples, m.load1_sum, m.cpu_pct_sum, m.temp_c_max, m.mem_used_mb_max)
+            for node, minutes in batch.items()
+            for minute, m in minutes.items()
+        ]
+        if not rows:
+            return 0
+
+        def write(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                conn.executemany(
+                    """INSERT INTO telemetry_minutes
+                        (node, minute, samples, load1_sum, cpu_pct_sum, temp_c_max, mem_used_mb_max)
+                        VALUES (?, ?, ?, ?, ?, ?, ?)
+                    ON CONFLICT (node, minute) DO UPDATE SET
+                        samples = samples + excluded.samples,
+                        load1_sum = load1_sum + excluded.load1_sum,
+                        cpu_pct_sum = cpu_pct_sum + excluded.cpu_pct_sum,
+                        temp_c_max = max(coalesce(temp_c_max, excluded.temp_c_max),
+                                         coalesce(excluded.temp_c_max, temp_c_max)),
+                        mem_used_mb_max = max(mem_used_mb_max, excluded.mem_used_mb_max)""",
+                    rows,
+                )
+            return len(rows)
+
+        # Shielded: a flush that was handed over is finished even if its caller is cancelled
+        # (else the batch could be both written and counted again). One that failed is counted
+        # again, so the next flush carries it.
+        task = asyncio.ensure_future(self._run("flush telemetry", write))
+        task.add_done_callback(lambda t: self._requeue(batch) if t.cancelled() or t.exception() else None)
+        return await asyncio.shield(task)
+
+    def _requeue(self, batch: Pending) -> None:
+        for node, minutes in batch.items():
+            per_node = self._pending.setdefault(node, {})
+            for minute, m in minutes.items():
+                per_node.setdefault(minute, _Minute()).merge(m)
+
+    async def telemetry(self, node: str, since: float) -> list[TelemetryMinute]:
+        # Copy what is not yet flushed now: the read below is queued behind every batch already
+        # handed to the worker, and ahead of any batch handed over later, so nothing counts twice.
+        unflushed = {
+            minute: dataclasses.replace(m)
+            for minute, m in self._pending.get(node, {}).items()
+            if minute + 60 > since
+        }
+
+        def read(conn: sqlite3.Connection) -> dict[int, _Minute]:
+            rows = conn.execute(
+                """SELECT minute, samples, load1_sum, cpu_pct_sum, temp_c_max, mem_used_mb_max
+                FROM telemetry_minutes WHERE node = ? AND minute > ? ORDER BY minute""",
+                (node, since - 60),
+            )
+            return {r[0]: _Minute(*r[1:]) for r in rows}
+
+        minutes = await self._run(f"telemetry of {node}", read)
+        for minute, m in unflushed.items():
+            minutes.setdefault(minute, _Minute()).merge(m)
+        return [minutes[minute].record(node, minute) for minute in sorted(minutes)]
+
+    async def prune_telemetry(self, before: float) -> int:
+        def prune(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                return conn.execute(
+                    "DELETE FROM telemetry_minutes WHERE minute + 60 <= ?", (before,)
+                ).rowcount
+
+        return await self._run("prune telemetry", prune)
+
+    # -- the worker thread --------------------------------------------------------------------
+
+    async def _run(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(connection)`` on the worker thread."""
+
+        def with_connection() -> T:
+            if self._conn is None:
+                raise StoreError(self.where, f"{what}: the database is not open")
+            return fn(self._conn)
+
+        return await self._submit(what, with_connection)
+
+    async def _submit(self, what: str, fn: Callable[[], T]) -> T:
+        """Run ``fn()`` on the worker thread; any SQLite or OS failure becomes a StoreError."""
+        if self._executor is None:
+            raise StoreError(self.where, f"{what}: the store is not started")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._guarded, what, fn)
+
+    def _guarded(self, what: str, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except (sqlite3.Error, OSError, OverflowError, msgspec.DecodeError) as exc:
+            raise StoreError(self.where, f"{what}: {exc}") from exc
+
+    def _open(self) -> None:
+        created = _make_dirs(self.path.parent)
+        self._lock_fd = _lock(self.where, self.path.with_name(self.path.name + ".lock"))
+        try:
+            existed = self.path.exists()
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreError(self.where, f"cannot use WAL mode (journal_mode is {mode})")
+                conn.execute("PRAGMA synchronous = FULL")
+                conn.execute("PRAGMA foreign_keys = ON")
+                conn.execute("PRAGMA busy_timeout = 5000")
+                _migrate(self.where, conn)
+            except BaseException:
+                conn.close()
+                raise
+        except BaseException:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+            raise
+        if not existed:
+            # The new file's directory entry (and any directory made for it) must reach the disk too.
+            for directory in [self.path.parent, *created]:
+                _fsync_dir(directory)
+        self._conn = conn
+        log.info("store open", extra={"store": self.where, "schema": SCHEMA_VERSION})
+
+    def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        try:
+            if conn is not None:
+                conn.close()
+        finally:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+    # -- rows ---------------------------------------------------------------------------------
+
+    def _json(self, what: str, data: Any) -> str:
+        try:
+            return _json_encode(dict(data)).decode()
+        except (TypeError, ValueError, msgspec.EncodeError) as exc:
+            raise StoreError(self.where, f"{what}: data is not JSON: {exc}") from exc
+
+    def _node_row(self, n: NodeRecord) -> tuple[Any, ...]:
+        return (
+            n.name,
+            n.state,
+            n.health,
+            n.health_reason,
+            n.conn_seq,
+            n.state_since,
+            n.last_telemetry,
+            n.recovery_attempts,
+            self._json(f"node {n.name}", n.data),
+        )
+
+    def _event_row(self, e: Event) -> tuple[Any, ...]:
+        return (e.at, e.node, e.axis, e.old, e.new, e.reason, self._json(f"event of {e.node}", e.data))
+
+    async def _flush_every(self, interval: float) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), interval)
+                return  # stop() flushes the rest
+            try:
+                await self.flush_telemetry()
+            except StoreError as exc:
+                log.error(
+                    "telemetry flush failed, will retry", extra={"store": self.where, "error": str(exc)}
+                )
+
+
+def _node(row: Sequence[Any]) -> NodeRecord:
+    *fields, data = row
+    return NodeRecord(
+        name=fields[0],
+        state=fields[1],
+        health=fields[2],
+        health_reason=fields[3],
+        conn_seq=fields[4],
+        state_since=fields[5],
+        last_telemetry=fields[6],
+        recovery_attempts=fields[7],
+        data=_json_decode(data),
+    )
+
+
+def _event(row: Sequence[Any]) -> EventRecord:
+    id_, node, axis, old, new, reason, at, data = row
+    return EventRecord(
+        id=id_, node=node, axis=axis, old=old, new=new, reason=reason, at=at, data=_json_decode(data)
+    )
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """BEGIN IMMEDIATE ... COMMIT (the connection is in autocommit mode); ROLLBACK on any error."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _migrate(where: str, conn: sqlite3.Connection) -> None:
+    with _transaction(conn):
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        version = 0 if row is None else int(row[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                where,
+                f"schema version {version} is newer than this Scalerunner's ({SCHEMA_VERSION}); "
+                "upgrade Scalerunner",
+            )
+        for step in range(version, SCHEMA_VERSION):
+            for statement in MIGRATIONS[step]:
+                conn.execute(statement)
+        if row is None:
+            conn.execute("INSERT INTO schema_version (version) VALUES (?)", (SCHEMA_VERSION,))
+        elif version != SCHEMA_VERSION:
+            conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION,))
+    if version != SCHEMA_VERSION:
+        log.info("store schema migrated", extra={"store": where, "from": version, "to": SCHEMA_VERSION})
+
+
+def _make_dirs(directory: Path) -> list[Path]:
+    """Create ``directory`` and its missing parents; returns the parents of what was made
+    (whose entries must be synced), deepest first."""
+    missing: list[Path] = []
+    d = directory
+    while not d.exists():
+        missing.append(d)
+        d = d.parent
+    directory.mkdir(parents=True, exist_ok=True)
+    return [m.parent for m in missing]
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _lock(where: str, lock_path: Path) -> int:
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise StoreError(where, f"in use by another process (lock {lock_path} is held)") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
