@@ -56,16 +56,14 @@ async def run_demo(console: Console, micropython: str) -> int:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )
-    os.close(slave)  # the peer opened it by path; keeping ours would hide its EOF
     t0 = time.monotonic()
 
     def trace(direction: str, frame: Frame) -> None:
         arrow = "host → dev" if direction == "tx" else "host ← dev"
         style = "cyan" if direction == "tx" else "green"
-        console.print(
-            f"[dim]{time.monotonic() - t0:6.3f}s[/dim] [{style}]{arrow}[/{style}] {describe_frame(frame)}",
-            highlight=False,
-        )
+        line = describe_frame(frame, max_bytes=12)
+        stamp = f"[dim]{time.monotonic() - t0:6.3f}s[/dim]"
+        console.print(f"{stamp} [{style}]{arrow}[/{style}] {line}", highlight=False, soft_wrap=True)
 
     def step(text: str) -> None:
         console.print(f"\n[bold]{text}[/bold]")
@@ -75,6 +73,9 @@ async def run_demo(console: Console, micropython: str) -> int:
         async with Link(stream, rto_init=0.2, max_retries=5, trace=trace) as link:
             step(f"A MicroPython peer starts on {pts} and says HELLO")
             hello = await _expect(link, MsgType.HELLO)
+            # The peer has the pty open now; drop our copy so its exit reads as end of file.
+            os.close(slave)
+            slave = -1
             step("PING → PONG")
             await link.send(Message.make("PING", token=0xC0FFEE))
             pong = await _expect(link, MsgType.PONG)
@@ -86,8 +87,8 @@ async def run_demo(console: Console, micropython: str) -> int:
                 )
             )
             await link.send(Message.make("LED_GAUGE", load_pct=73, temp_dc=455), reliable=False)
-            step("Console channel: 600 bytes out, echoed back in order")
-            text = b"".join(b"line %02d: the quick brown fox\n" % i for i in range(20))[:600]
+            text = b"".join(b"line %02d: the quick brown fox\n" % i for i in range(20))
+            step(f"Console channel: {len(text)} bytes out, echoed back in order")
             await link.console.write(text)
             await link.console.drain()
             echoed = b""
@@ -95,12 +96,18 @@ async def run_demo(console: Console, micropython: str) -> int:
                 echoed += await asyncio.wait_for(link.console.read(), 5)
             console.print(f"echo intact: {echoed == text} ({len(echoed)} bytes)")
             step("Garbage on the line: the device drops what it cannot decode and resynchronises")
-            os.write(master, b"\x13\x37garbage\xff\xfe\x00")
+            garbage = b"\x13\x37garbage\xff\xfe\x00"
+            os.write(master, garbage)
+            console.print(
+                f"[red]host writes {len(garbage)} bytes of garbage: {garbage.hex()}[/red]", highlight=False
+            )
             await link.send(Message.make("PING", token=2))
             await _expect(link, MsgType.PONG)
+            report = await _expect(link, MsgType.EVENT, within=5)
+            console.print(f"device reports: {report['text']!s}")
+            step("BMC-style status request")
             await link.send(Message.make("STATUS_GET"))
-            status = await _expect(link, MsgType.EVENT, within=5)
-            console.print(f"device reports: {status['text']}")
+            await _expect(link, MsgType.STATUS)
             _print_stats(console, link, hello)
             return exits.OK
     except (PeerTimeout, TimeoutError) as exc:
@@ -108,6 +115,8 @@ async def run_demo(console: Console, micropython: str) -> int:
         console.print(f"[red]demo failed: {exc or 'timed out'}[/red]\n{err}")
         return exits.UNREACHABLE
     finally:
+        if slave >= 0:
+            os.close(slave)
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
         with contextlib.suppress(TimeoutError):
@@ -118,7 +127,8 @@ async def run_demo(console: Console, micropython: str) -> int:
 
 
 def _print_stats(console: Console, link: Link, hello: Message) -> None:
-    table = Table(title=f"link statistics (peer uid {bytes(hello['uid']).hex()})")  # type: ignore[arg-type]
+    uid = hello["uid"]
+    table = Table(title=f"host link counters (peer uid {uid.hex() if isinstance(uid, bytes) else uid})")
     table.add_column("counter")
     table.add_column("host", justify="right")
     for key, value in sorted(link.stats.as_dict().items()):

@@ -11,10 +11,10 @@ def flag_text(flags: int) -> str:
     return "|".join(names) if names else "-"
 
 
-def describe_frame(frame: Frame) -> str:
+def describe_frame(frame: Frame, max_bytes: int | None = None) -> str:
     head = f"seq={frame.seq:3d} ack={frame.ack:3d} flags={flag_text(frame.flags):<14}"
     try:
-        body = Message.from_frame(frame).describe()
+        body = Message.from_frame(frame).describe(max_bytes)
     except FrameError as err:
         body = f"<{err.reason}: {err.detail}>"
     return f"{head} {body}"

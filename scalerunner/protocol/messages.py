@@ -92,8 +92,9 @@ class Message:
     def from_frame(cls, frame: Frame) -> Message:
         return decode_body(frame.type, frame.body)
 
-    def describe(self) -> str:
-        """One line, e.g. ``LED_SET mode=SOLID r=255 ...``, for traces and logs."""
+    def describe(self, max_bytes: int | None = None) -> str:
+        """One line, e.g. ``LED_SET mode=SOLID r=255 ...``, for traces and logs; bytes
+        fields longer than ``max_bytes`` are cut, with their length given."""
         parts = [self.type.name]
         for key, value in self.fields.items():
             enum_cls = FIELD_ENUMS.get((self.type.name, key))
@@ -104,7 +105,10 @@ class Message:
                 except ValueError:
                     pass
             if isinstance(value, bytes):
-                parts.append(f"{key}={value.hex() or '-'}")
+                if max_bytes is not None and len(value) > max_bytes:
+                    parts.append(f"{key}={value[:max_bytes].hex()}…({len(value)} bytes)")
+                else:
+                    parts.append(f"{key}={value.hex() or '-'}")
             else:
                 parts.append(f"{key}={value!r}" if isinstance(value, str) else f"{key}={value}")
         return " ".join(parts)
