@@ -49,6 +49,7 @@ __all__ = [
     "load_inventory",
     "loads_inventory",
     "normalise_mac",
+    "sqlite_path",
 ]
 
 Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
