@@ -114,3 +114,10 @@ def test_telemetry_bounds_are_validated() -> None:
 def test_unknown_command_is_refused() -> None:
     with pytest.raises(PayloadError, match=r"\$.cmd"):
         decode(b'{"schema": 1, "cmd": "format-disk"}', Command)
+
+
+def test_a_trailing_newline_never_passes_as_a_name() -> None:
+    with pytest.raises(TopicError):
+        node_topic("lab", "rack1\n", Kind.STATE)
+    with pytest.raises(PayloadError, match=r"\$.node"):
+        decode(b'{"schema": 1, "node": "rack1\\n", "status": "online", "conn_seq": 1}', NodeState)

@@ -15,8 +15,8 @@ import msgspec
 SCHEMA = 1
 MAX_PAYLOAD = 64 * 1024  # a log chunk is the largest payload; anything bigger is refused unread
 
-Name = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")]
-Label = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.:=/-]{1,64}$")]
+Name = Annotated[str, msgspec.Meta(pattern=r"\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")]
+Label = Annotated[str, msgspec.Meta(pattern=r"\A[A-Za-z0-9_.:=/-]{1,64}\Z")]
 NonNeg = Annotated[int, msgspec.Meta(ge=0)]
 Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
 

@@ -14,7 +14,7 @@ from enum import StrEnum
 ROOT = "scalerunner/v1"
 
 # A node, cluster or job name: lower-case, digits and '-', like a DNS label.
-NAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
+NAME_RE = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
 
 
 class TopicError(ValueError):
