@@ -539,12 +539,16 @@ def test_a_gap_is_answered_by_one_nak_then_filled(drv: LinkDriver) -> None:
     st = drv.feed(ping_frame(202), ping_frame(203))
     assert st["delivered"] == [] and st["drops"]["out_of_order"] == 2
     assert [hdr(f) for f in st["frames"]] == [(MsgType.ACK, 0, 200, A | NAK)]
-    assert drv.feed(ping_frame(203))["frames"] == []  # NAK already sent for this gap
+    assert drv.feed(ping_frame(204))["frames"] == []  # the same round: NAK already sent for this gap
     st = drv.feed(ping_frame(201), ping_frame(202))
     assert [d[1] for d in st["delivered"]] == [201, 202]
     assert [hdr(f) for f in st["frames"]] == [(MsgType.ACK, 0, 202, A)]
     st = drv.feed(ping_frame(205))  # a new gap deserves a new NAK
     assert [hdr(f) for f in st["frames"]] == [(MsgType.ACK, 0, 202, A | NAK)]
+    # the sender starts its window over (204 is not after 205) and 203 is lost again: one more NAK
+    st = drv.feed(ping_frame(204))
+    assert [hdr(f) for f in st["frames"]] == [(MsgType.ACK, 0, 202, A | NAK)]
+    assert drv.feed(ping_frame(205))["frames"] == []  # the same round: no more
 
 
 def test_reliable_frames_before_any_syn_get_one_rst_per_batch(drv: LinkDriver) -> None:
@@ -622,3 +626,5 @@ def test_unknown_types_and_bad_bodies_are_acked_counted_and_answered(drv: LinkDr
         {"code": ErrorCode.BAD_BODY, "ref_type": MsgType.PING, "ref_seq": 9, "text": "bad body"},
     ]
     assert st["frames"][-1].ack == 9  # both frames acknowledged
+    st = drv.feed(Frame(type=MsgType.ACK, seq=10, flags=R, body=b"x"))  # an ACK must be empty
+    assert st["drops"]["body"] == 2 and [f.type for f in st["frames"]] == [MsgType.ERROR]

@@ -1,12 +1,8 @@
 # srplink: reliable delivery over a byte stream for MicroPython (docs/protocol.md section 2).
 #
 # Go-back-N with cumulative ACK, NAK for fast retransmission, SYN/RST sessions and
-# an RFC 6298 retransmission timer. Where section 2's text leaves room, this
-# makes the same choices as the host's LinkCore (scalerunner/protocol/link/core.py):
-# until its SYN frame is acknowledged only that frame is sent and only an ACK of
-# exactly it counts (an ACK beyond it can only be stale); an ACK that makes
-# progress restarts the timer and ends the backoff; a repeated SYN is recognised
-# within 127 (the peer's W is unknown); ERROR answers go unreliably.
+# an RFC 6298 retransmission timer, rule by rule as section 2 states them (the
+# host's LinkCore in scalerunner/protocol/link/core.py follows the same text).
 #
 # Nothing blocks: the application calls poll()
 # often; it reads what the stream has, handles it, sends one ACK per batch and
@@ -93,6 +89,7 @@ class Link:
         self.session_syn = 0
         self.rx_seq = 0
         self._nak_sent = False
+        self._gap_seq = 0  # the last frame seen past a gap
         self._ack_due = self._nak_due = self._rst_due = False
         self._pumps = []
         # One 0x00 opens the line: the peer drops whatever half-frame it holds.
@@ -207,12 +204,16 @@ class Link:
             self._ack_due = True
         else:
             self.drops["out_of_order"] += 1
-            if not self._nak_sent:
+            # One NAK per gap, and one more when the sender starts its window over (a
+            # frame not after the last one seen past the gap) and again misses `expected`.
+            behind = (seq - self._gap_seq) & 0xFF
+            if not self._nak_sent or behind == 0 or behind >= 128:
                 self._nak_due = self._nak_sent = True
+            self._gap_seq = seq
 
     def _deliver(self, type_id, seq, body):
-        if type_id == _T_ACK:
-            return
+        if type_id == _T_ACK and not len(body):
+            return  # a bare acknowledgement carries nothing to deliver
         fields = srp.unpack(type_id, body)
         if isinstance(fields, int):  # intact frame we cannot use: count it and say so
             self._dec.drop("unknown_type" if fields == srp.ERR_UNKNOWN_TYPE else "body")
