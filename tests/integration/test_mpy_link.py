@@ -610,7 +610,7 @@ def test_rto_follows_rfc6298_with_karn_and_backoff_then_the_peer_is_lost(drv: Li
     sent = [drv.advance(ms)["frames"] for ms in (2 * rto, 4 * rto)]  # backed off (still under RTO_MAX)
     assert [[f.seq for f in fs] for fs in sent] == [[4], [4]]
     st = drv.advance(2000)
-    assert st["lost"] == 1 and st["frames"] == []
+    assert st["lost"] == 1 and st["frames"] == [] and st["rto"] == rto  # the backoff ends with the session
     (f,) = drv.send(PING)["frames"]  # a new session
     assert hdr(f) == (MsgType.PING, 5, 0, R | S)
 

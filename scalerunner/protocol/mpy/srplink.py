@@ -279,8 +279,7 @@ class Link:
         self._retries = 0
         self.synced = False
         self.syn_seq = self.next_seq
-        self.rto = self._rto_base = self._rto_init  # the next peer may be another: learn its RTT afresh
-        self._srtt8 = -1
+        self.rto = self._rto_base  # the backoff ends; the line's RTT estimate stays
         if self.on_lost is not None:
             self.on_lost(self.name)
 
