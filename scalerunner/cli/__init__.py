@@ -12,6 +12,7 @@ import click
 from .. import __version__
 from .nodes import drain, events, identify, nodes, undrain
 from .proto import proto
+from .up import up
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,7 +22,7 @@ def cli() -> None:
 
 
 cli.add_command(proto)
-for _cmd in (nodes, drain, undrain, identify, events):
+for _cmd in (up, nodes, drain, undrain, identify, events):
     cli.add_command(_cmd)
 
 
