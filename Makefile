@@ -17,7 +17,8 @@ $(STAMP): pyproject.toml tools/apt-packages.txt tools/setup-apt.sh
 	touch $(STAMP)
 
 demo: setup
-	$(BIN)/scalerunner proto demo
+	$(BIN)/scalerunner demo serial
+	$(BIN)/scalerunner demo control-plane --nodes 4
 
 lint: setup
 	$(BIN)/ruff check scalerunner tests benchmarks

@@ -10,6 +10,8 @@ from __future__ import annotations
 import click
 
 from .. import __version__
+from .demo import demo as serial_demo
+from .demo_control import control_plane
 from .nodes import drain, events, identify, nodes, undrain
 from .proto import proto
 from .up import up
@@ -24,6 +26,15 @@ def cli() -> None:
 cli.add_command(proto)
 for _cmd in (up, nodes, drain, undrain, identify, events):
     cli.add_command(_cmd)
+
+
+@cli.group()
+def demo() -> None:
+    """Demonstrations that run on this machine alone (what `make demo` shows)."""
+
+
+demo.add_command(serial_demo, "serial")
+demo.add_command(control_plane)
 
 
 def main() -> None:

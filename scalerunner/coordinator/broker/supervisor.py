@@ -15,6 +15,7 @@ import errno
 import logging
 import os
 import pwd
+import shutil
 import signal
 import socket
 import ssl
@@ -109,7 +110,10 @@ class ManagedBroker:
         self.state_dir = state_dir.absolute()
         self.files = BrokerFiles(self.state_dir / "broker")
         self.credentials_path = self.state_dir / CREDENTIALS_FILE
-        self._mosquitto = mosquitto
+        # Debian installs mosquitto in /usr/sbin, which is not on an ordinary user's PATH.
+        self._mosquitto = (
+            shutil.which(mosquitto) or shutil.which(mosquitto, path="/usr/sbin:/usr/local/sbin") or mosquitto
+        )
         self._mosquitto_passwd = mosquitto_passwd
         self._ready_timeout = ready_timeout
         self._reload_timeout = reload_timeout
