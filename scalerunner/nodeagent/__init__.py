@@ -1,5 +1,4 @@
-"""The agent on each Scalenode (telemetry, control, job runtimes, LED driving).
+"""The agent on each Scalenode: retained state, telemetry and commands over MQTT (docs/agent.md).
 
-Only its command-line entry point exists so far; docs/architecture.md says what
-is built and what is planned.
+Job runtimes and driving the LED indicator are planned; docs/architecture.md says what is built.
 """
