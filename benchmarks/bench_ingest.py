@@ -1,0 +1,256 @@
+"""Telemetry ingest: what the coordinator processes against what its broker delivers.
+
+``scalerunner up`` runs in a subprocess with its managed mosquitto and a throwaway inventory of
+N nodes. One load process (``benchmarks._ingest_load``) holds N MQTT connections, each logging
+in as its own node user with its own password (the broker's ACL lets node X publish only under
+nodes/X/), publishes each node's online state, then valid ``Telemetry`` at 1 Hz per node spread
+evenly over the second, for a fixed window. Side by side a raw ``mosquitto_sub`` logged in as
+the coordinator's user subscribes to every node's telemetry; the lines it prints are counted.
+
+The figure is the coordinator's telemetry rate (``scalerunner_messages_ingested_total
+{kind="telemetry"}`` on GET /metrics, read when the window closes) over mosquitto_sub's rate
+over the same window, for N = 100 and N = 1000. Both consumers see the same stream, so the
+ratio holds even when the load generator (or the shared machine) cannot offer the full N msg/s:
+the figure text says what was offered. After the window, both are read again once they stop
+rising, to tell "slower" (caught up later) from "lost".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import IO
+
+from benchmarks.common import Figure
+from scalerunner.protocol.mqtt import Kind, node_filter
+
+SIZES = (100, 1000)
+WINDOW_S = 10.0
+CLUSTER = "bench"
+PREFIX = "ing"
+TARGET = 0.95
+SCALERUNNER = Path(sys.executable).with_name("scalerunner")
+MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
+_METRIC_RE = re.compile(rb'^scalerunner_messages_ingested_total\{kind="telemetry"\} (\S+)$', re.M)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _raise_nofile() -> None:
+    """Children (the coordinator, its mosquitto, the load) inherit this limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _inventory(n: int, broker_port: int, api_port: int) -> str:
+    nodes = "".join(
+        f'\n[[nodes]]\nname = "{PREFIX}-{i:04d}"\nmac = "02:00:00:00:{i >> 8:02x}:{i & 0xFF:02x}"\n'
+        f'arch = "amd64"\nlabels = ["bench"]\nrack = {{ row = {1 + i // 100}, position = {1 + i % 100} }}\n'
+        for i in range(1, n + 1)
+    )
+    return (
+        f'[cluster]\nname = "{CLUSTER}"\n'
+        f'[broker]\nmode = "managed"\nhost = "127.0.0.1"\nport = {broker_port}\n'
+        f'[api]\nlisten = "127.0.0.1:{api_port}"\n'
+        "[timeouts]\nboot_timeout = 300\ntelemetry_timeout = 30\n" + nodes
+    )
+
+
+class _LineCounter:
+    """Counts the lines a process writes on stdout, in a thread."""
+
+    def __init__(self, stream: IO[bytes]) -> None:
+        self.count = 0
+        self._stream = stream
+        self._thread = threading.Thread(target=self._run, name="mosquitto_sub-lines", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        read = getattr(self._stream, "read1", self._stream.read)
+        while chunk := read(65536):
+            self.count += chunk.count(b"\n")
+
+
+def _scrape(api: str) -> float:
+    with urllib.request.urlopen(f"{api}/metrics", timeout=30) as resp:
+        body: bytes = resp.read()
+    m = _METRIC_RE.search(body)
+    return float(m.group(1)) if m else 0.0
+
+
+def _wait_port(port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(sig)
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _kill_orphan_broker(state: Path) -> None:
+    """If the coordinator died without stopping its mosquitto, stop it here (by its pid file,
+    and only if that pid is the mosquitto started with this run's config)."""
+    pid_file = state / "broker" / "mosquitto.pid"
+    conf = str(state / "broker" / "mosquitto.conf")
+    with contextlib.suppress(OSError, ValueError):
+        pid = int(pid_file.read_text().strip())
+        if conf.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+            os.kill(pid, signal.SIGTERM)
+
+
+def _measure(n: int, root: Path) -> dict[str, float | int | str]:
+    root.mkdir()
+    broker_port, api_port = _free_port(), _free_port()
+    (root / "scalerunner.toml").write_text(_inventory(n, broker_port, api_port))
+    state = root / "state"
+    env = dict(os.environ, SCALERUNNER_HOME=str(root / "home"))
+    coord_log = (root / "coordinator.log").open("wb")
+    coordinator: subprocess.Popen[bytes] | None = None
+    sub: subprocess.Popen[bytes] | None = None
+    load: subprocess.Popen[bytes] | None = None
+    try:
+        coordinator = subprocess.Popen(
+            [str(SCALERUNNER), "up", "--config", str(root / "scalerunner.toml"), "--state-dir", str(state)],
+            stdout=subprocess.PIPE,
+            stderr=coord_log,
+            env=env,
+        )
+        assert coordinator.stdout is not None
+        line = coordinator.stdout.readline().decode().strip()
+        if not line.startswith("http://"):
+            coordinator.wait(10)
+            raise RuntimeError(f"scalerunner up failed: see {root / 'coordinator.log'}")
+        api = line
+        _wait_port(broker_port, 10)
+        users: dict[str, str] = json.loads((state / "broker-credentials.json").read_text())["users"]
+        sub = subprocess.Popen(
+            [
+                MOSQUITTO_SUB,
+                *("-h", "127.0.0.1", "-p", str(broker_port), "-u", "coordinator", "-P", users["coordinator"]),
+                *("-i", "bench-ingest-sub", "-t", node_filter(CLUSTER, Kind.TELEMETRY)),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+        assert sub.stdout is not None
+        lines = _LineCounter(sub.stdout)
+        load = subprocess.Popen(
+            [
+                sys.executable,
+                *("-m", "benchmarks._ingest_load", "127.0.0.1", str(broker_port), CLUSTER),
+                *(str(state / "broker-credentials.json"), PREFIX, str(n), str(WINDOW_S)),
+            ],
+            stdout=subprocess.PIPE,
+            cwd=Path(__file__).resolve().parent.parent,
+        )
+        assert load.stdout is not None
+        started = json.loads(load.stdout.readline() or b"{}")
+        if started.get("event") != "start":
+            load.wait(10)
+            raise RuntimeError(f"the load generator did not start (exit {load.returncode})")
+        end = float(started["t0"]) + WINDOW_S
+        time.sleep(max(0.0, end - time.monotonic()))
+        # the window closes: read mosquitto_sub's count either side of the scrape
+        sub_before = lines.count
+        t_scrape = time.monotonic()
+        coord_window = _scrape(api)
+        scrape_s = time.monotonic() - t_scrape
+        sub_window = (sub_before + lines.count) / 2
+        done = json.loads(load.stdout.readline() or b"{}")
+        if done.get("event") != "done":
+            load.wait(10)
+            raise RuntimeError(f"the load generator failed (exit {load.returncode})")
+        load.wait(10)
+        # then let both drain: totals once neither has moved for 1 s (at most 15 s)
+        last = (-1.0, -1)
+        coord_total, sub_total = 0.0, 0
+        settle_until = time.monotonic() + 15
+        while time.monotonic() < settle_until:
+            coord_total, sub_total = _scrape(api), lines.count
+            if (coord_total, sub_total) == last:
+                break
+            last = (coord_total, sub_total)
+            time.sleep(1.0)
+        return {
+            "offered": int(done["sent"]),
+            "due": int(done["due"]),
+            "max_late_s": float(done["max_late_s"]),
+            "load_cpu_s": float(done["cpu_s"]),
+            "coord_window": coord_window,
+            "sub_window": sub_window,
+            "scrape_s": scrape_s,
+            "coord_total": coord_total,
+            "sub_total": sub_total,
+        }
+    finally:
+        _stop(load, signal.SIGKILL, 5)
+        _stop(sub)
+        _stop(coordinator, grace=15)
+        _kill_orphan_broker(state)
+        coord_log.close()
+
+
+def _figure(n: int, r: dict[str, float | int | str]) -> Figure:
+    coord_rate = float(r["coord_window"]) / WINDOW_S
+    sub_rate = float(r["sub_window"]) / WINDOW_S
+    offered, due = int(r["offered"]), int(r["due"])
+    if offered < due:
+        offer = f"load offered {offered / WINDOW_S:.0f} of {n} msg/s (its limit on this machine)"
+    else:
+        offer = f"load offered the full {n} msg/s (late by ≤ {float(r['max_late_s']) * 1000:.0f} ms)"
+    return Figure(
+        name=f"telemetry ingest, {n} node connections, {WINDOW_S:.0f} s: coordinator / mosquitto_sub",
+        measured=(
+            f"{coord_rate:.0f} msg/s ({offer}; after draining {r['coord_total']:.0f} of "
+            f"{r['sub_total']} delivered; /metrics took {float(r['scrape_s']) * 1000:.0f} ms)"
+        ),
+        against=f"mosquitto_sub {sub_rate:.0f} msg/s",
+        ratio=coord_rate / sub_rate if sub_rate else 0.0,
+        target=TARGET,
+    )
+
+
+def run() -> list[Figure]:
+    _raise_nofile()
+    figures = []
+    with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
+        for n in SIZES:
+            figures.append(_figure(n, _measure(n, Path(tmp) / f"n{n}")))
+    return figures
+
+
+if __name__ == "__main__":
+    for f in run():
+        print(f)
