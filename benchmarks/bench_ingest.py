@@ -45,6 +45,8 @@ TARGET = 0.95
 SCALERUNNER = Path(sys.executable).with_name("scalerunner")
 MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
 _METRIC_RE = re.compile(rb'^scalerunner_messages_ingested_total\{kind="telemetry"\} (\S+)$', re.M)
+_REJECTED_RE = re.compile(rb"^scalerunner_messages_rejected_total\{[^}]*\} (\S+)$", re.M)
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 
 def _free_port() -> int:
@@ -89,11 +91,24 @@ class _LineCounter:
             self.count += chunk.count(b"\n")
 
 
-def _scrape(api: str) -> float:
+def _scrape(api: str) -> tuple[float, float]:
+    """The coordinator's telemetry messages ingested, and its messages rejected (any reason)."""
     with urllib.request.urlopen(f"{api}/metrics", timeout=30) as resp:
         body: bytes = resp.read()
     m = _METRIC_RE.search(body)
-    return float(m.group(1)) if m else 0.0
+    rejected = sum(float(v) for v in _REJECTED_RE.findall(body))
+    return (float(m.group(1)) if m else 0.0), rejected
+
+
+def _cpu_s(pid: int | None) -> float:
+    """User + system CPU seconds of ``pid`` so far (0 if it is gone)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
 def _wait_port(port: int, timeout: float) -> None:
@@ -180,12 +195,16 @@ def _measure(n: int, root: Path) -> dict[str, float | int | str]:
         if started.get("event") != "start":
             load.wait(10)
             raise RuntimeError(f"the load generator did not start (exit {load.returncode})")
-        end = float(started["t0"]) + WINDOW_S
-        time.sleep(max(0.0, end - time.monotonic()))
-        # the window closes: read mosquitto_sub's count either side of the scrape
+        t0 = float(started["t0"])
+        broker_pid = int((state / "broker" / "mosquitto.pid").read_text().strip())
+        time.sleep(max(0.0, t0 - time.monotonic()))
+        cpu0 = _cpu_s(coordinator.pid), _cpu_s(broker_pid)
+        time.sleep(max(0.0, t0 + WINDOW_S - time.monotonic()))
+        cpu1 = _cpu_s(coordinator.pid), _cpu_s(broker_pid)
+        # the window closes: mosquitto_sub's count is read either side of the scrape
         sub_before = lines.count
         t_scrape = time.monotonic()
-        coord_window = _scrape(api)
+        coord_window, _ = _scrape(api)
         scrape_s = time.monotonic() - t_scrape
         sub_window = (sub_before + lines.count) / 2
         done = json.loads(load.stdout.readline() or b"{}")
@@ -194,25 +213,28 @@ def _measure(n: int, root: Path) -> dict[str, float | int | str]:
             raise RuntimeError(f"the load generator failed (exit {load.returncode})")
         load.wait(10)
         # then let both drain: totals once neither has moved for 1 s (at most 15 s)
-        last = (-1.0, -1)
-        coord_total, sub_total = 0.0, 0
+        last: tuple[float, float, int] = (-1.0, -1.0, -1)
         settle_until = time.monotonic() + 15
-        while time.monotonic() < settle_until:
-            coord_total, sub_total = _scrape(api), lines.count
-            if (coord_total, sub_total) == last:
+        while True:
+            coord_total, rejected = _scrape(api)
+            now = (coord_total, rejected, lines.count)
+            if now == last or time.monotonic() > settle_until:
                 break
-            last = (coord_total, sub_total)
+            last = now
             time.sleep(1.0)
         return {
             "offered": int(done["sent"]),
             "due": int(done["due"]),
             "max_late_s": float(done["max_late_s"]),
-            "load_cpu_s": float(done["cpu_s"]),
+            "load_cpu": float(done["cpu_s"]) / WINDOW_S,
+            "coord_cpu": (cpu1[0] - cpu0[0]) / WINDOW_S,
+            "broker_cpu": (cpu1[1] - cpu0[1]) / WINDOW_S,
             "coord_window": coord_window,
             "sub_window": sub_window,
             "scrape_s": scrape_s,
-            "coord_total": coord_total,
-            "sub_total": sub_total,
+            "coord_total": now[0],
+            "rejected": now[1],
+            "sub_total": now[2],
         }
     finally:
         _stop(load, signal.SIGKILL, 5)
@@ -234,7 +256,9 @@ def _figure(n: int, r: dict[str, float | int | str]) -> Figure:
         name=f"telemetry ingest, {n} node connections, {WINDOW_S:.0f} s: coordinator / mosquitto_sub",
         measured=(
             f"{coord_rate:.0f} msg/s ({offer}; after draining {r['coord_total']:.0f} of "
-            f"{r['sub_total']} delivered; /metrics took {float(r['scrape_s']) * 1000:.0f} ms)"
+            f"{r['sub_total']} delivered, {r['rejected']:.0f} rejected; CPU of one core: coordinator "
+            f"{float(r['coord_cpu']):.0%}, mosquitto {float(r['broker_cpu']):.0%}, load "
+            f"{float(r['load_cpu']):.0%}; /metrics took {float(r['scrape_s']) * 1000:.0f} ms)"
         ),
         against=f"mosquitto_sub {sub_rate:.0f} msg/s",
         ratio=coord_rate / sub_rate if sub_rate else 0.0,
