@@ -201,11 +201,19 @@ class ManagedBroker:
         if self.files.log.exists():
             os.replace(self.files.log, self.files.log.with_name(self.files.log.name + ".1"))
         auto = self._config.port == 0
+        # A picked port is kept across coordinator restarts too: agents were configured with it
+        # and reconnect only there. The previous run's mosquitto.conf says which one it was.
+        previous = _previous_port(self.files.conf) if auto else None
         attempts = 3 if auto else 1
         async with self._lock:
             for attempt in range(1, attempts + 1):
                 try:
-                    port = _free_port(self._config.host) if auto else self._config.port
+                    if not auto:
+                        port = self._config.port
+                    elif attempt == 1 and previous and _port_free(self._config.host, previous):
+                        port = previous
+                    else:
+                        port = _free_port(self._config.host)
                 except OSError as exc:
                     raise BrokerError(self.endpoint, f"cannot listen on {self._config.host}: {exc}") from exc
                 self._config = replace(self._config, port=port)
@@ -572,6 +580,20 @@ def _family(host: str) -> socket.AddressFamily:
     except socket.gaierror:
         return socket.AF_INET
     return info[0][0]
+
+
+def _previous_port(conf: Path) -> int | None:
+    """The port in the ``listener`` line of a mosquitto.conf written by an earlier start."""
+    try:
+        lines = conf.read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 2 and fields[0] == "listener" and fields[1].isdigit():
+            port = int(fields[1])
+            return port if 0 < port < 65536 else None
+    return None
 
 
 def _free_port(host: str) -> int:
