@@ -2,8 +2,11 @@
 
 A thin shell: it validates what arrives (topic and payload, by the schemas in
 ``scalerunner.protocol.mqtt``), hands typed messages to the handler it was given,
-and counts what it rejects, by reason. Commands are MQTT 5 request/response: a
-future per correlation id, answered on the node's reply topic or failed by timeout.
+and counts what it rejects, by reason (``topic``, ``unknown_node``, ``node_mismatch``,
+``payload``, ``unexpected_reply``, and ``error`` when a handler failed: logged with its
+traceback, and the link goes on, so one message can never stop ingest for every node).
+Commands are MQTT 5 request/response: a future per correlation id, answered on the node's
+reply topic or failed by timeout.
 """
 
 from __future__ import annotations
@@ -216,6 +219,11 @@ class CoordinatorLink:
                     fut.set_result(reply)
         except PayloadError as exc:
             self._reject("payload", topic, str(exc))
+        except Exception as exc:  # one message must not end the link for every node
+            self.rejected["error"] += 1
+            log.exception(
+                "handling the message on %s failed: %s", topic, exc, extra={"reason": "error", "topic": topic}
+            )
 
     async def command(self, node: str, cmd: Command, timeout: float = 5.0) -> Reply:
         """Send ``cmd`` to ``node`` and wait for its reply; CommandTimeout/CommandFailed."""

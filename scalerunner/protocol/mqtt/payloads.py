@@ -2,7 +2,7 @@
 
 Every payload carries ``schema`` (the version of this file's layouts). A decoder
 refuses a payload that is not JSON, has another schema, misses a field, has a
-field of the wrong type or is larger than ``MAX_PAYLOAD``: ``PayloadError`` says
+field of the wrong type or out of range, or is larger than ``MAX_PAYLOAD``: ``PayloadError`` says
 which topic kind and what was wrong, and the receiver changes nothing.
 """
 
@@ -17,7 +17,10 @@ MAX_PAYLOAD = 64 * 1024  # a log chunk is the largest payload; anything bigger i
 
 Name = Annotated[str, msgspec.Meta(pattern=r"\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")]
 Label = Annotated[str, msgspec.Meta(pattern=r"\A[A-Za-z0-9_.:=/-]{1,64}\Z")]
-NonNeg = Annotated[int, msgspec.Meta(ge=0)]
+# Integers stop at 2**53: every JSON reader holds them exactly, and so does the store (SQLite's
+# INTEGER is 64-bit). A bigger one is a bad payload, not a number to carry around.
+MAX_INT = 2**53
+NonNeg = Annotated[int, msgspec.Meta(ge=0, le=MAX_INT)]
 Percent = Annotated[float, msgspec.Meta(ge=0, le=100)]
 
 
@@ -33,9 +36,9 @@ class _Base(msgspec.Struct, forbid_unknown_fields=False, kw_only=True):
 
 
 class Capacity(msgspec.Struct, kw_only=True):
-    cpus: Annotated[int, msgspec.Meta(ge=1)]
-    memory_mb: Annotated[int, msgspec.Meta(ge=1)]
-    slots: Annotated[int, msgspec.Meta(ge=0)] = 1
+    cpus: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+    memory_mb: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+    slots: NonNeg = 1
 
 
 class NodeState(_Base):
