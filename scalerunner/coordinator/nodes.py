@@ -85,6 +85,8 @@ class NodeManager:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._names = {n.name for n in inventory.nodes}
+        self._commanding: set[str] = set()  # nodes with an operator's drain/undrain in flight
+        self._syncs: set[asyncio.Task[None]] = set()
 
     def known(self, name: str) -> bool:
         return name in self._names
@@ -95,7 +97,13 @@ class NodeManager:
         for node in self.inventory.nodes:
             row = stored.get(node.name)
             if row is not None:
-                self.records[node.name] = from_store(row)
+                rec = from_store(row)
+                if rec.state in lc.CONNECTED:
+                    # Nothing was heard while the coordinator was down: count a connected node's
+                    # silence from this start, or a restart would declare every node lost (and
+                    # re-queue and power-cycle the busy ones).
+                    rec = dataclasses.replace(rec, online_at=max(rec.online_at or 0.0, now))
+                self.records[node.name] = rec
             else:
                 rec = lc.new_node(node.name, now)
                 self.records[node.name] = rec
@@ -115,10 +123,11 @@ class NodeManager:
         self._task = asyncio.create_task(self._ticker(), name="nodes-ticker")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in [self._task, *self._syncs]:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # keep the newest telemetry times for the next start
         async with self._lock:
             for rec in self.records.values():
@@ -186,12 +195,35 @@ class NodeManager:
     # -- MQTT ingest --
 
     async def on_state(self, state: NodeState) -> None:
-        await self._step(state.node, lc.AgentState.from_payload(state, self.clock()))
+        held = self.records[state.node].conn_seq
+        rec = await self._step(state.node, lc.AgentState.from_payload(state, self.clock()))
+        if state.status == "online" and state.conn_seq != held and rec.conn_seq == state.conn_seq:
+            self._sync_drain(rec, state.draining)
+
+    def _sync_drain(self, rec: lc.NodeRecord, agent_draining: bool) -> None:
+        """A new connection whose draining flag is not the drain the coordinator holds (the agent
+        restarted and forgot it, or was undrained while away): tell it again. In a task: the
+        reply comes through the MQTT loop that is calling us."""
+        held = rec.drain_reason is not None
+        if held == agent_draining or rec.name in self._commanding or self.send_command is None:
+            return
+        cmd = Command(cmd="drain" if held else "undrain", args={"reason": rec.drain_reason or "not drained"})
+        task = asyncio.create_task(self._resend(rec.name, cmd), name=f"sync-drain-{rec.name}")
+        self._syncs.add(task)
+        task.add_done_callback(self._syncs.discard)
+
+    async def _resend(self, name: str, cmd: Command) -> None:
+        try:
+            await self._command(name, cmd)
+        except Exception as exc:  # a task of its own: nobody else would see the failure
+            log.warning("cannot tell %s to %s again: %s", name, cmd.cmd, exc, extra={"node": name})
+        else:
+            log.info("%s told to %s again after reconnecting", name, cmd.cmd, extra={"node": name})
 
     async def on_telemetry(self, tele: TelemetryPayload) -> None:
         now = self.clock()
-        self.telemetry[tele.node] = (tele, now)
         self.store.add_telemetry(tele.node, now, tele.load1, tele.cpu_pct, tele.mem_used_mb, tele.temp_c)
+        self.telemetry[tele.node] = (tele, now)
         await self._step(tele.node, lc.Telemetry.from_payload(tele, now))
 
     # -- NodeService --
@@ -251,15 +283,29 @@ class NodeManager:
     async def drain(self, name: str, reason: str) -> str:
         rec = self._record(name)
         lc.step(rec, lc.Drain(at=self.clock(), reason=reason), self.config)  # refuse before telling the agent
-        detail = await self._command(name, Command(cmd="drain", args={"reason": reason}))
-        await self._step(name, lc.Drain(at=self.clock(), reason=reason))
+        self._commanding.add(name)
+        try:
+            detail = await self._command(name, Command(cmd="drain", args={"reason": reason}))
+            await self._step(name, lc.Drain(at=self.clock(), reason=reason))
+        finally:
+            self._commanding.discard(name)
         return detail
 
     async def undrain(self, name: str, reason: str) -> str:
         rec = self._record(name)
         lc.step(rec, lc.Undrain(at=self.clock(), reason=reason), self.config)
-        detail = await self._command(name, Command(cmd="undrain", args={"reason": reason}))
-        await self._step(name, lc.Undrain(at=self.clock(), reason=reason))
+        self._commanding.add(name)
+        try:
+            # An agent that is away is told when it reconnects (_sync_drain); the held drain is
+            # cleared now, as docs/lifecycle.md says, not after a command that cannot arrive.
+            detail = ""
+            if rec.state in lc.CONNECTED:
+                detail = await self._command(name, Command(cmd="undrain", args={"reason": reason}))
+            elif rec.drain_reason is not None:
+                detail = "its agent is not connected: it is told when it reconnects"
+            await self._step(name, lc.Undrain(at=self.clock(), reason=reason))
+        finally:
+            self._commanding.discard(name)
         return detail
 
     async def identify(self, name: str) -> str:
