@@ -11,6 +11,7 @@ import contextlib
 import logging
 import secrets
 import socket
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import uvicorn
@@ -43,10 +44,20 @@ def load_token(state_dir: Path) -> str:
     return token
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def bind_api(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` (0: a free port) for the API; ConfigError if it cannot be."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        raise ConfigError(
+            "inventory", "api.listen", f"cannot listen on {where}: {exc.strerror or exc}"
+        ) from exc
+    return sock
 
 
 class _Service(NodeManager):
@@ -109,16 +120,29 @@ class Coordinator:
         )
         self.link: CoordinatorLink | None = None
         self._server: uvicorn.Server | None = None
-        self._serve_task: asyncio.Task[None] | None = None
+        self._stops: list[Callable[[], Awaitable[None]]] = []  # of the parts started, in order
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.api_host}:{self.api_port}"
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        return f"http://{host}:{self.api_port}"
 
     async def start(self) -> None:
+        """Start every part in dependency order. If one fails, those already started are
+        stopped again (a half-started coordinator would leave its mosquitto running)."""
+        try:
+            await self._start()
+        except BaseException:
+            await self.stop()
+            raise
+
+    async def _start(self) -> None:
         await self.store.start()
+        self._stops.append(self.store.stop)
         await self.nodes.start()
+        self._stops.append(self.nodes.stop)
         await self.broker.start()
+        self._stops.append(self.broker.stop)
         access = self.broker.access()
         self.link = CoordinatorLink(
             MqttSettings(
@@ -137,32 +161,44 @@ class Coordinator:
         self.nodes.link = self.link
         self.nodes.send_command = self.link.command
         await self.link.start()
-        if self.api_port == 0:
-            self.api_port = free_port(self.api_host)
+        self._stops.append(self.link.stop)
+        # The socket is bound here, not by uvicorn: a port in use is a ConfigError naming it
+        # (uvicorn would log it and raise SystemExit), and port 0 needs no pick-then-bind race.
+        sock = bind_api(self.api_host, self.api_port)
+        self.api_port = int(sock.getsockname()[1])
         config = uvicorn.Config(
             create_app(self.nodes, self.token),
-            host=self.api_host,
-            port=self.api_port,
             log_level="warning",
             lifespan="off",
             access_log=False,
         )
-        self._server = uvicorn.Server(config)
-        self._serve_task = asyncio.create_task(self._server.serve(), name="api")
-        while not self._server.started:
-            if self._serve_task.done():
-                await self._serve_task  # raises why it could not listen
-                raise ConfigError("inventory", "api.listen", f"cannot listen on {self.api_url}")
+        self._server = server = uvicorn.Server(config)
+        serve_task = asyncio.create_task(server.serve(sockets=[sock]), name="api")
+
+        async def stop_api() -> None:
+            server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await serve_task
+            sock.close()
+
+        self._stops.append(stop_api)
+        while not server.started:
+            if serve_task.done():
+                await serve_task  # raises why it could not serve
+                raise ConfigError("inventory", "api.listen", f"cannot serve the API on {self.api_url}")
             await asyncio.sleep(0.02)
         log.info("coordinator up", extra={"api": self.api_url, "broker": access.endpoint})
 
     async def stop(self) -> None:
-        if self._server is not None and self._serve_task is not None:
-            self._server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._serve_task
-        if self.link is not None:
-            await self.link.stop()
-        await self.broker.stop()
-        await self.nodes.stop()
-        await self.store.stop()
+        """Stop what was started, in reverse order; a part that fails to stop does not keep
+        the others running (the first failure is raised once all were asked to stop)."""
+        failure: BaseException | None = None
+        while self._stops:
+            stop = self._stops.pop()
+            try:
+                await stop()
+            except Exception as exc:
+                log.exception("stopping %s failed", getattr(stop, "__qualname__", stop))
+                failure = failure or exc
+        if failure is not None:
+            raise failure
