@@ -2,7 +2,8 @@
 
 Every route but /healthz and /metrics needs ``Authorization: Bearer TOKEN``.
 Errors are JSON ``{"error": ..., "node": ...}`` with 404 for an unknown node,
-409 for an action the node's state forbids, 504 when the node did not answer.
+409 for an action the node's state forbids, 422 for a request that is not valid,
+502 when the node refused, 504 when the node did not answer.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -51,6 +53,14 @@ def create_app(service: NodeService, token: str) -> FastAPI:
     @app.exception_handler(CommandFailed)
     async def _failed(_: Request, exc: CommandFailed) -> JSONResponse:
         return JSONResponse({"error": str(exc), "node": exc.node}, status_code=502)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in err.get('loc', ()))}: {err.get('msg', 'invalid')}"
+            for err in exc.errors()
+        )
+        return JSONResponse({"error": problems or "invalid request"}, status_code=422)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 HealthName = Literal["good", "unknown", "bad", "maintenance", "retired"]
 
@@ -54,7 +54,14 @@ class EventView(BaseModel):
 
 class HealthChange(BaseModel):
     health: HealthName
-    reason: str = Field(min_length=1, max_length=500)
+    reason: str = Field(min_length=1, max_length=500, description="why; recorded in the node's events")
+
+    @field_validator("reason")
+    @classmethod
+    def _not_blank(cls, reason: str) -> str:
+        if not reason.strip():
+            raise ValueError("a health change needs a reason, not only blanks")
+        return reason
 
 
 class DrainRequest(BaseModel):
