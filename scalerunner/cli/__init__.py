@@ -1,8 +1,9 @@
 """The `scalerunner` command line.
 
-Conventions (docs/cli.md): what a command creates is printed alone on stdout,
-chatter goes to stderr; exit codes are 0 success, 1 the thing failed, 2 usage
-or config error, 3 the coordinator or a device could not be reached.
+Conventions (README.md, "Running a coordinator and agents"): what a command creates is
+printed alone on stdout, chatter goes to stderr; exit codes are 0 success, 1 the thing
+failed, 2 usage or config error (a wrong API token is one), 3 the coordinator or a device
+could not be reached.
 """
 
 from __future__ import annotations
