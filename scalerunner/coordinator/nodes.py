@@ -83,6 +83,7 @@ class NodeManager:
         self.telemetry: dict[str, tuple[TelemetryPayload, float]] = {}
         self._lock = asyncio.Lock()
         self._wake = asyncio.Event()
+        self._next_wake: float | None = None  # when the ticker will look again
         self._task: asyncio.Task[None] | None = None
         self._names = {n.name for n in inventory.nodes}
         self._commanding: set[str] = set()  # nodes with an operator's drain/undrain in flight
@@ -155,7 +156,12 @@ class NodeManager:
             )
         for action in actions:
             await self._act(action)
-        self._wake.set()
+        # Wake the ticker only when this node now needs a tick before the ticker's next wake-up.
+        # Telemetry only pushes deadlines later, so at 1000 nodes x 1 Hz the ticker stays asleep
+        # instead of scanning every node on every message.
+        deadline = lc.next_deadline(new, self.config)
+        if deadline is not None and (self._next_wake is None or deadline < self._next_wake):
+            self._wake.set()
         return new
 
     async def _act(self, action: lc.Action) -> None:
@@ -187,10 +193,11 @@ class NodeManager:
                 if deadline is not None and deadline <= now:
                     await self._step(name, lc.Tick(at=now))
             pending = [d for d, _ in due if d is not None and d > now]
-            wait = min(pending) - now if pending else 60.0
+            wait = max(min(pending) - now if pending else 60.0, 0.05)
+            self._next_wake = now + wait
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(wait, 0.05))
+                await asyncio.wait_for(self._wake.wait(), wait)
 
     # -- MQTT ingest --
 
