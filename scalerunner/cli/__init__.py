@@ -13,7 +13,7 @@ import click
 from .. import __version__
 from .demo import demo as serial_demo
 from .demo_control import control_plane
-from .nodes import drain, events, identify, nodes, undrain
+from .nodes import drain, events, identify, nodes, reboot, undrain
 from .proto import proto
 from .up import up
 
@@ -25,7 +25,7 @@ def cli() -> None:
 
 
 cli.add_command(proto)
-for _cmd in (up, nodes, drain, undrain, identify, events):
+for _cmd in (up, nodes, drain, undrain, identify, reboot, events):
     cli.add_command(_cmd)
 
 

@@ -1,4 +1,4 @@
-"""`scalerunner nodes ...`, `drain`, `undrain`, `identify`, `events`."""
+"""`scalerunner nodes ...`, `drain`, `undrain`, `identify`, `reboot`, `events`."""
 
 from __future__ import annotations
 
@@ -118,6 +118,9 @@ def _command(verb: str, help_text: str, with_reason: bool) -> click.Command:
 drain = _command("drain", "Stop giving NODE new work; running jobs finish.", True)
 undrain = _command("undrain", "Let NODE take work again.", True)
 identify = _command("identify", "Blink NODE's LED indicator so it can be found in the rack.", False)
+reboot = _command(
+    "reboot", "Ask NODE's agent to reboot the node (its reboot_command); exits 1 if it has none.", True
+)
 
 
 @click.command()

@@ -316,21 +316,18 @@ class NodeManager:
         return detail
 
     async def identify(self, name: str) -> str:
+        return await self._operator_command(name, Command(cmd="identify"), "operator request")
+
+    async def reboot(self, name: str, reason: str) -> str:
+        """Ask the agent to reboot its node (its reboot_command); the node then goes offline
+        through its Will and comes back online by itself."""
+        return await self._operator_command(name, Command(cmd="reboot", args={"reason": reason}), reason)
+
+    async def _operator_command(self, name: str, cmd: Command, reason: str) -> str:
         self._record(name)
-        detail = await self._command(name, Command(cmd="identify"))
-        await self.store.apply(
-            None,
-            [
-                Event(
-                    node=name,
-                    axis="command",
-                    old="",
-                    new="identify",
-                    reason="operator request",
-                    at=self.clock(),
-                )
-            ],
-        )
+        detail = await self._command(name, cmd)
+        event = Event(node=name, axis="command", old="", new=cmd.cmd, reason=reason, at=self.clock())
+        await self.store.apply(None, [event])
         return detail
 
     async def set_health(self, name: str, health: HealthName, reason: str) -> NodeView:

@@ -96,6 +96,12 @@ def create_app(service: NodeService, token: str) -> FastAPI:
     async def identify(name: str) -> CommandResult:
         return CommandResult(node=name, ok=True, detail=await service.identify(name))
 
+    @app.post("/api/v1/nodes/{name}/reboot", dependencies=[Auth])
+    async def reboot(name: str, body: DrainRequest | None = None) -> CommandResult:
+        """The agent reboots its node; it answers before it goes down."""
+        detail = await service.reboot(name, (body or DrainRequest(reason="operator reboot")).reason)
+        return CommandResult(node=name, ok=True, detail=detail)
+
     @app.put("/api/v1/nodes/{name}/health", dependencies=[Auth])
     async def set_health(name: str, body: HealthChange) -> NodeView:
         return await service.set_health(name, body.health, body.reason)
