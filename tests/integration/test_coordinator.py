@@ -610,6 +610,57 @@ def test_metrics_are_prometheus_text_openapi_lists_the_routes_and_the_api_wants_
 # -- a crashed agent: the broker's Will takes its node offline ---------------------------------------
 
 
+# -- the Will of a dead connection arriving after the reconnect ----------------------------------------
+
+
+def test_a_will_from_an_older_connection_arriving_after_the_reconnect_leaves_the_node_online(
+    cluster: Cluster,
+) -> None:
+    # MQTT orders messages per topic only, so the Will of a dead connection can reach the coordinator
+    # after the same node reconnected and said online. Provoke exactly that, as the node's own user.
+    held = cluster.node(N3)["conn_seq"]
+    old, new = held + 10, held + 20
+    tele = Telemetry(node=N3, ts=time.time(), load1=0.1, cpu_pct=1.0, mem_used_mb=1, mem_total_mb=2)
+    with cluster.probe(N3) as node:
+        state_topic = node_topic(CLUSTER, N3, Kind.STATE)
+        assert not node.publish(
+            state_topic, encode(NodeState(node=N3, status="online", conn_seq=old))
+        ).is_failure
+        # the node reconnects (a newer connection) before its old connection's Will is delivered
+        assert not node.publish(
+            state_topic, encode(NodeState(node=N3, status="online", conn_seq=new))
+        ).is_failure
+        assert not node.publish(node_topic(CLUSTER, N3, Kind.TELEMETRY), encode(tele)).is_failure
+        cluster.wait_state(N3, "idle")
+        # now the stale Will of the old connection arrives
+        stale = NodeState(node=N3, status="offline", conn_seq=old)
+        assert not node.publish(state_topic, encode(stale)).is_failure
+        # ... and, behind it on the same topic, a marker: the stale Will was processed before it
+        marker = Telemetry(node=N3, ts=time.time(), load1=7.5, cpu_pct=1.0, mem_used_mb=1, mem_total_mb=2)
+        assert not node.publish(node_topic(CLUSTER, N3, Kind.TELEMETRY), encode(marker)).is_failure
+        wait_until(lambda: cluster.node(N3)["telemetry"]["load1"] == 7.5, 5, "the marker telemetry")
+        view = cluster.node(N3)
+        assert view["state"] == "idle", "a stale Will took a live node offline"
+        assert view["conn_seq"] == new
+        # the Will of the current connection does take it offline
+        assert not node.publish(
+            state_topic, encode(NodeState(node=N3, status="offline", conn_seq=new))
+        ).is_failure
+        cluster.wait_state(N3, "offline")
+
+
+def test_reboot_reaches_the_agent_and_one_without_a_reboot_command_refuses_with_exit_1(
+    cluster: Cluster,
+) -> None:
+    cluster.ensure_agent(N1)
+    cluster.wait_state(N1, "idle", "busy", "draining")
+    proc = cluster.cli("reboot", N1, "--reason", "kernel update")
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "reboot not configured" in proc.stderr and N1 in proc.stderr
+    # a refused command is not recorded as done
+    assert not any(e["axis"] == "command" and e["new"] == "reboot" for e in cluster.events(N1))
+
+
 def test_an_agent_killed_with_sigkill_takes_its_node_offline_through_its_will(cluster: Cluster) -> None:
     cluster.ensure_agent(N2)
     held = cluster.node(N2)["conn_seq"]
@@ -771,54 +822,3 @@ def test_up_whose_port_is_taken_exits_with_the_documented_code_at_once_and_leave
     assert f"error: {message.format(port=port)}" in err
     assert out == "" and not (tmp_path / "home" / "api.json").exists()
     assert leftover == [], "its mosquitto was left running"
-
-
-# -- the Will of a dead connection arriving after the reconnect ----------------------------------------
-
-
-def test_a_will_from_an_older_connection_arriving_after_the_reconnect_leaves_the_node_online(
-    cluster: Cluster,
-) -> None:
-    # MQTT orders messages per topic only, so the Will of a dead connection can reach the coordinator
-    # after the same node reconnected and said online. Provoke exactly that, as the node's own user.
-    held = cluster.node(N3)["conn_seq"]
-    old, new = held + 10, held + 20
-    tele = Telemetry(node=N3, ts=time.time(), load1=0.1, cpu_pct=1.0, mem_used_mb=1, mem_total_mb=2)
-    with cluster.probe(N3) as node:
-        state_topic = node_topic(CLUSTER, N3, Kind.STATE)
-        assert not node.publish(
-            state_topic, encode(NodeState(node=N3, status="online", conn_seq=old))
-        ).is_failure
-        # the node reconnects (a newer connection) before its old connection's Will is delivered
-        assert not node.publish(
-            state_topic, encode(NodeState(node=N3, status="online", conn_seq=new))
-        ).is_failure
-        assert not node.publish(node_topic(CLUSTER, N3, Kind.TELEMETRY), encode(tele)).is_failure
-        cluster.wait_state(N3, "idle")
-        # now the stale Will of the old connection arrives
-        stale = NodeState(node=N3, status="offline", conn_seq=old)
-        assert not node.publish(state_topic, encode(stale)).is_failure
-        # ... and, behind it on the same topic, a marker: the stale Will was processed before it
-        marker = Telemetry(node=N3, ts=time.time(), load1=7.5, cpu_pct=1.0, mem_used_mb=1, mem_total_mb=2)
-        assert not node.publish(node_topic(CLUSTER, N3, Kind.TELEMETRY), encode(marker)).is_failure
-        wait_until(lambda: cluster.node(N3)["telemetry"]["load1"] == 7.5, 5, "the marker telemetry")
-        view = cluster.node(N3)
-        assert view["state"] == "idle", "a stale Will took a live node offline"
-        assert view["conn_seq"] == new
-        # the Will of the current connection does take it offline
-        assert not node.publish(
-            state_topic, encode(NodeState(node=N3, status="offline", conn_seq=new))
-        ).is_failure
-        cluster.wait_state(N3, "offline")
-
-
-def test_reboot_reaches_the_agent_and_one_without_a_reboot_command_refuses_with_exit_1(
-    cluster: Cluster,
-) -> None:
-    cluster.ensure_agent(N1)
-    cluster.wait_state(N1, "idle", "busy", "draining")
-    proc = cluster.cli("reboot", N1, "--reason", "kernel update")
-    assert proc.returncode == 1, proc.stdout + proc.stderr
-    assert "reboot not configured" in proc.stderr and N1 in proc.stderr
-    # a refused command is not recorded as done
-    assert not any(e["axis"] == "command" and e["new"] == "reboot" for e in cluster.events(N1))
