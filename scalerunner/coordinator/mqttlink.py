@@ -47,8 +47,13 @@ log = logging.getLogger("scalerunner.coordinator.mqtt")
 
 
 class CommandTimeout(CoordinatorError):
-    def __init__(self, node: str, cmd: str, seconds: float) -> None:
-        super().__init__(f"node {node} did not answer {cmd!r} within {seconds:g} s")
+    """The node did not answer in time, or the command could not be delivered (``detail`` says why)."""
+
+    def __init__(self, node: str, cmd: str, seconds: float, detail: str = "") -> None:
+        if detail:
+            super().__init__(f"command {cmd!r} to node {node} not delivered: {detail}")
+        else:
+            super().__init__(f"node {node} did not answer {cmd!r} within {seconds:g} s")
         self.node = node
         self.cmd = cmd
 
@@ -228,7 +233,9 @@ class CoordinatorLink:
     async def command(self, node: str, cmd: Command, timeout: float = 5.0) -> Reply:
         """Send ``cmd`` to ``node`` and wait for its reply; CommandTimeout/CommandFailed."""
         if not self._connected.is_set() or self._client is None:
-            raise CommandTimeout(node, cmd.cmd, 0)
+            raise CommandTimeout(
+                node, cmd.cmd, 0, f"the coordinator is not connected to the broker {self.endpoint}"
+            )
         corr = uuid.uuid4().bytes
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
         props.ResponseTopic = node_topic(self.settings.cluster, node, Kind.REPLY)
@@ -244,6 +251,8 @@ class CoordinatorLink:
         except TimeoutError:
             self.commands_timed_out += 1
             raise CommandTimeout(node, cmd.cmd, timeout) from None
+        except aiomqtt.MqttError as exc:
+            raise CommandTimeout(node, cmd.cmd, 0, f"broker connection lost: {exc}") from exc
         finally:
             self._pending.pop(corr, None)
         if not reply.ok:

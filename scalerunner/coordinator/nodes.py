@@ -20,7 +20,7 @@ from ..protocol.mqtt import Command, NodeState
 from ..protocol.mqtt import Telemetry as TelemetryPayload
 from . import lifecycle as lc
 from .api.models import EventView, HealthName, NodeView, RackPosition, TelemetryView
-from .errors import UnknownNode
+from .errors import NodeStateError, UnknownNode
 from .health import Health
 from .inventory import Inventory
 from .store import Event, NodeRecord, Store
@@ -324,7 +324,10 @@ class NodeManager:
         return await self._operator_command(name, Command(cmd="reboot", args={"reason": reason}), reason)
 
     async def _operator_command(self, name: str, cmd: Command, reason: str) -> str:
-        self._record(name)
+        rec = self._record(name)
+        if not rec.conn_online:
+            # refuse at once rather than wait out the command timeout
+            raise NodeStateError(name, rec.state.value, f"cannot {cmd.cmd}: its agent is not connected")
         detail = await self._command(name, cmd)
         event = Event(node=name, axis="command", old="", new=cmd.cmd, reason=reason, at=self.clock())
         await self.store.apply(None, [event])

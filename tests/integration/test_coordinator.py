@@ -661,6 +661,18 @@ def test_reboot_reaches_the_agent_and_one_without_a_reboot_command_refuses_with_
     assert not any(e["axis"] == "command" and e["new"] == "reboot" for e in cluster.events(N1))
 
 
+def test_identify_and_reboot_of_a_node_without_its_agent_are_refused_at_once_with_exit_1(
+    cluster: Cluster,
+) -> None:
+    assert cluster.node(N3)["state"] in ("off", "offline")  # N3 never has a connected agent here
+    for verb in ("identify", "reboot"):
+        started = time.monotonic()
+        proc = cluster.cli(verb, N3)
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        assert f"node {N3} is" in proc.stderr and "its agent is not connected" in proc.stderr
+        assert time.monotonic() - started < 4  # not the 5 s command timeout
+
+
 def test_an_agent_killed_with_sigkill_takes_its_node_offline_through_its_will(cluster: Cluster) -> None:
     cluster.ensure_agent(N2)
     held = cluster.node(N2)["conn_seq"]
