@@ -14,9 +14,12 @@ class MsgType(enum.IntEnum):
     LED_GAUGE = 0x11
     POWER = 0x20
     STATUS_GET = 0x21
+    BOOT_MODE = 0x23
     STATUS = 0x22
     CONSOLE_DATA = 0x30
     EVENT = 0x40
+    EVENT_LOG_GET = 0x41
+    EVENT_LOG = 0x42
     ERROR = 0x7F
 
 
@@ -49,6 +52,15 @@ class PowerAction(enum.IntEnum):
     ON = 1
     CYCLE = 2
     RESET = 3
+    BUTTON = 4
+    BUTTON_LONG = 5
+
+
+class BootMode(enum.IntEnum):
+    NORMAL = 0
+    NETWORK = 1
+    USB = 2
+    RECOVERY = 3
 
 
 class PowerState(enum.IntEnum):
@@ -80,8 +92,10 @@ FIELD_ENUMS: dict[tuple[str, str], type[enum.IntEnum]] = {
     ("HELLO", "kind"): DeviceKind,
     ("LED_SET", "mode"): LedMode,
     ("POWER", "action"): PowerAction,
+    ("BOOT_MODE", "mode"): BootMode,
     ("STATUS", "power_state"): PowerState,
     ("EVENT", "level"): EventLevel,
+    ("EVENT_LOG", "level"): EventLevel,
     ("ERROR", "code"): ErrorCode,
     ("ERROR", "ref_type"): MsgType,
 }

@@ -76,6 +76,36 @@ CASES: list[tuple[str, str, Message, int, int, int]] = [
     ),
     ("power-cycle", "power-cycle the node", Message(MsgType.POWER, {"action": 2}), 255, 0, R),
     ("status-get", "ask the BMC for its status", Message(MsgType.STATUS_GET, {}), 0, 0, R),
+    ("boot-mode-network", "next boot from the network", Message(MsgType.BOOT_MODE, {"mode": 1}), 3, 0, R),
+    (
+        "event-log-get",
+        "send the BMC's logged events from index 12 on",
+        Message(MsgType.EVENT_LOG_GET, {"since": 12}),
+        4,
+        0,
+        R,
+    ),
+    (
+        "event-log-entry",
+        "logged event 12 of the BMC (13 is next): rail off at 5.2 s",
+        Message(
+            MsgType.EVENT_LOG,
+            {"index": 12, "next": 13, "level": 1, "code": 0x0102, "time_ms": 5200, "text": "power off"},
+        ),
+        40,
+        4,
+        R | A,
+    ),
+    (
+        "event-log-end",
+        "end of the log reply: index == next, no event",
+        Message(
+            MsgType.EVENT_LOG, {"index": 13, "next": 13, "level": 0, "code": 0, "time_ms": 0, "text": ""}
+        ),
+        41,
+        4,
+        R,
+    ),
     (
         "status",
         "on, 5.08 V, 1.2 A, 6.1 W, 48.3 °C",

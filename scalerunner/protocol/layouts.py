@@ -51,6 +51,7 @@ MESSAGES = (
     ),
     ("LED_GAUGE", 0x11, (("load_pct", "B"), ("temp_dc", "h")), None, None),
     ("POWER", 0x20, (("action", "B"),), None, None),
+    ("BOOT_MODE", 0x23, (("mode", "B"),), None, None),
     ("STATUS_GET", 0x21, (), None, None),
     (
         "STATUS",
@@ -61,6 +62,14 @@ MESSAGES = (
     ),
     ("CONSOLE_DATA", 0x30, (("port", "B"),), "data", "bytes"),
     ("EVENT", 0x40, (("level", "B"), ("code", "H"), ("time_ms", "I")), "text", "str"),
+    ("EVENT_LOG_GET", 0x41, (("since", "H"),), None, None),
+    (
+        "EVENT_LOG",
+        0x42,
+        (("index", "H"), ("next", "H"), ("level", "B"), ("code", "H"), ("time_ms", "I")),
+        "text",
+        "str",
+    ),
     ("ERROR", 0x7F, (("code", "B"), ("ref_type", "B"), ("ref_seq", "B")), "text", "str"),
 )
 
@@ -71,7 +80,8 @@ ENUMS = (
         "LedMode",
         (("OFF", 0), ("SOLID", 1), ("BLINK", 2), ("BREATHE", 3), ("GAUGE", 4), ("IDENTIFY", 5), ("ALERT", 6)),
     ),
-    ("PowerAction", (("OFF", 0), ("ON", 1), ("CYCLE", 2), ("RESET", 3))),
+    ("PowerAction", (("OFF", 0), ("ON", 1), ("CYCLE", 2), ("RESET", 3), ("BUTTON", 4), ("BUTTON_LONG", 5))),
+    ("BootMode", (("NORMAL", 0), ("NETWORK", 1), ("USB", 2), ("RECOVERY", 3))),
     ("PowerState", (("OFF", 0), ("ON", 1), ("STARTING", 2), ("STOPPING", 3), ("FAULT", 4))),
     ("EventLevel", (("DEBUG", 0), ("INFO", 1), ("WARNING", 2), ("ERROR", 3))),
     (
