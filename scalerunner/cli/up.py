@@ -20,7 +20,9 @@ async def _run(config: Path, state_dir: Path | None, api_port: int | None) -> in
     from ..coordinator.inventory import load_inventory
 
     inventory = load_inventory(config)
-    coordinator = Coordinator(inventory, state_dir or config.parent / "state", api_port=api_port)
+    coordinator = Coordinator(
+        inventory, state_dir or config.parent / "state", api_port=api_port, source=str(config)
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -44,7 +44,7 @@ def load_token(state_dir: Path) -> str:
     return token
 
 
-def bind_api(host: str, port: int) -> socket.socket:
+def bind_api(host: str, port: int, source: str = "inventory") -> socket.socket:
     """A TCP socket bound to ``host:port`` (0: a free port) for the API; ConfigError if it cannot be."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -54,9 +54,7 @@ def bind_api(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        raise ConfigError(
-            "inventory", "api.listen", f"cannot listen on {where}: {exc.strerror or exc}"
-        ) from exc
+        raise ConfigError(source, "api.listen", f"cannot listen on {where}: {exc.strerror or exc}") from exc
     return sock
 
 
@@ -79,8 +77,11 @@ class _Service(NodeManager):
 
 
 class Coordinator:
-    def __init__(self, inventory: Inventory, state_dir: Path, *, api_port: int | None = None) -> None:
+    def __init__(
+        self, inventory: Inventory, state_dir: Path, *, api_port: int | None = None, source: str = "inventory"
+    ) -> None:
         self.inventory = inventory
+        self.source = source  # the inventory file, named in configuration errors
         self.state_dir = state_dir
         self.token = load_token(state_dir)
         self.api_host = inventory.api.host
@@ -99,9 +100,7 @@ class Coordinator:
             )
         else:
             if not (b.username and b.password_file):
-                raise ConfigError(
-                    "inventory", "broker", "an external broker needs username and password_file"
-                )
+                raise ConfigError(source, "broker", "an external broker needs username and password_file")
             self.broker = ExternalBroker(
                 host=b.host,
                 port=b.port,
@@ -164,7 +163,7 @@ class Coordinator:
         self._stops.append(self.link.stop)
         # The socket is bound here, not by uvicorn: a port in use is a ConfigError naming it
         # (uvicorn would log it and raise SystemExit), and port 0 needs no pick-then-bind race.
-        sock = bind_api(self.api_host, self.api_port)
+        sock = bind_api(self.api_host, self.api_port, self.source)
         self.api_port = int(sock.getsockname()[1])
         config = uvicorn.Config(
             create_app(self.nodes, self.token),
@@ -185,7 +184,7 @@ class Coordinator:
         while not server.started:
             if serve_task.done():
                 await serve_task  # raises why it could not serve
-                raise ConfigError("inventory", "api.listen", f"cannot serve the API on {self.api_url}")
+                raise ConfigError(self.source, "api.listen", f"cannot serve the API on {self.api_url}")
             await asyncio.sleep(0.02)
         log.info("coordinator up", extra={"api": self.api_url, "broker": access.endpoint})
 

@@ -801,7 +801,7 @@ def test_sigterm_stops_the_coordinator_with_exit_0_and_ends_its_mosquitto(cluste
 @pytest.mark.parametrize(
     ("taken", "code", "message"),
     [
-        ("api", 2, "inventory: api.listen: cannot listen on 127.0.0.1:{port}: Address already in use"),
+        ("api", 2, "{inv}: api.listen: cannot listen on 127.0.0.1:{port}: Address already in use"),
         ("broker", 3, "broker 127.0.0.1:{port}: the port is already in use by another process"),
     ],
 )
@@ -831,6 +831,6 @@ def test_up_whose_port_is_taken_exits_with_the_documented_code_at_once_and_leave
             leftover = mosquittos_of(tmp_path / "state")
             end_leftover_broker(tmp_path / "state")
     assert proc.returncode == code, err
-    assert f"error: {message.format(port=port)}" in err
+    assert f"error: {message.format(port=port, inv=tmp_path / 'inv.toml')}" in err
     assert out == "" and not (tmp_path / "home" / "api.json").exists()
     assert leftover == [], "its mosquitto was left running"
