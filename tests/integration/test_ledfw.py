@@ -1,0 +1,263 @@
+"""The LED firmware (ledfw/main.py) running unchanged under the real MicroPython unix port on a pty,
+driven from the host through ``scalerunner.protocol.link.Link``.
+
+The state is observed through the protocol: STATUS_GET is answered with an EVENT (code 0x0110) whose text
+is ``mode=NAME lost=N px=HEX``, the pixel buffer last written to the LEDs (3 bytes per pixel, R G B).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import tty
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from scalerunner.protocol import DeviceKind, ErrorCode, EventLevel, Frame, Message, MsgType, encode_frame
+from scalerunner.protocol.link import Link
+from scalerunner.protocol.link.streams import FdStream
+
+pytestmark = [pytest.mark.micropython, pytest.mark.slow, pytest.mark.timeout(60)]
+
+REPO = Path(__file__).resolve().parents[2]
+MAIN = REPO / "ledfw" / "main.py"
+# ".frozen" first: MICROPYPATH replaces the default path, and asyncio is a frozen module of the unix port.
+MICROPYPATH = os.pathsep.join(
+    [".frozen"]
+    + [
+        str(p)
+        for p in (
+            REPO / "ledfw",
+            REPO / "scalerunner" / "protocol" / "mpy",
+            REPO / "scalerunner" / "protocol",
+        )
+    ]
+)
+STEP = 5.0  # seconds any single exchange may take
+HOST_TIMEOUT_MS = 600
+EV_STATE, EV_HOST_LOST, EV_HOST_BACK, EV_DROPS = 0x0110, 0x0111, 0x0112, 0x0200
+N = 8
+CAP = 102  # full channel at full brightness: 40 % of 255
+
+
+def micropython_binary() -> str:
+    found = shutil.which("micropython", path=str(Path(sys.executable).parent)) or shutil.which("micropython")
+    if found is None:
+        pytest.fail("the micropython unix port is not installed (make setup installs it)")
+    return found
+
+
+@dataclass
+class Device:
+    proc: subprocess.Popen[bytes]
+    master: int
+    path: str
+
+    master_open: bool = True
+
+    def stream(self) -> FdStream:
+        return FdStream(os.dup(self.master), f"pty:{self.path}")
+
+    def hang_up(self) -> None:
+        if self.master_open:
+            self.master_open = False
+            os.close(self.master)
+
+
+@pytest.fixture
+def device() -> Iterator[Device]:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    path = os.ttyname(slave)
+    proc = subprocess.Popen(
+        [micropython_binary(), str(MAIN), path, str(HOST_TIMEOUT_MS)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "MICROPYPATH": MICROPYPATH},
+    )
+    dev = Device(proc, master, path)
+    try:
+        yield dev
+    finally:
+        dev.hang_up()
+        try:
+            proc.communicate(timeout=STEP)  # it exits by itself when the line closes
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+        os.close(slave)
+
+
+async def recv_type(link: Link, msg_type: MsgType, code: int | None = None) -> Message:
+    async with asyncio.timeout(STEP):
+        while True:
+            msg = await link.recv()
+            if msg.type == msg_type and (code is None or msg["code"] == code):
+                return msg
+
+
+def parse_state(text: str) -> tuple[str, int, bytes]:
+    m = re.fullmatch(r"mode=(\w+) lost=(\d+) px=([0-9a-f]*)", text)
+    assert m, text
+    return m[1], int(m[2]), bytes.fromhex(m[3])
+
+
+async def state(link: Link) -> tuple[str, int, bytes]:
+    await link.send(Message.make("STATUS_GET"))
+    return parse_state(str((await recv_type(link, MsgType.EVENT, EV_STATE))["text"]))
+
+
+async def wait_mode(link: Link, mode: str) -> bytes:
+    """Ask until the firmware shows `mode` (the boot self-test comes first); its pixels."""
+    deadline = time.monotonic() + STEP
+    while True:
+        shown, _, px = await state(link)
+        if shown == mode:
+            return px
+        assert time.monotonic() < deadline, f"still {shown}, waiting for {mode}"
+        await asyncio.sleep(0.05)
+
+
+async def led_set(
+    link: Link, mode: int, rgb: tuple[int, int, int] = (0, 0, 0), bri: int = 255, period: int = 0
+) -> None:
+    r, g, b = rgb
+    await link.send(Message.make("LED_SET", mode=mode, r=r, g=g, b=b, brightness=bri, period_ms=period))
+
+
+def pixels(rgb: tuple[int, int, int], n: int = N) -> bytes:
+    return bytes(rgb) * n
+
+
+def test_hello_says_led_and_every_mode_shows_in_the_pixels(device: Device) -> None:
+    async def scenario() -> None:
+        async with Link(device.stream()) as link:
+            hello = await recv_type(link, MsgType.HELLO)
+            assert (hello["kind"], hello["proto"]) == (DeviceKind.LED, 1)
+            assert (hello["fw_major"], hello["fw_minor"], hello["fw_patch"]) == (0, 1, 0)
+            assert hello["uid"] == b"ledfw-ux"
+            assert await wait_mode(link, "OFF") == pixels((0, 0, 0))
+            await led_set(link, 1, (255, 0, 0))
+            assert await wait_mode(link, "SOLID") == pixels((CAP, 0, 0))
+            await led_set(link, 1, (0, 255, 255), bri=128)  # gamma 2: 128 -> 65, capped -> 26
+            assert await wait_mode(link, "SOLID") == pixels((0, 26, 26))
+            await led_set(link, 2, (0, 0, 255), period=400)
+            seen = set()
+            for _ in range(12):
+                assert (await state(link))[0] == "BLINK"
+                seen.add((await state(link))[2])
+                await asyncio.sleep(0.04)
+            assert seen == {pixels((0, 0, CAP)), pixels((0, 0, 0))}
+            await led_set(link, 3, (255, 255, 255), period=2000)
+            px = await wait_mode(link, "BREATHE")
+            assert len(set(px)) == 1 and px[0] <= CAP  # all channels alike, below the cap
+            await link.send(Message.make("LED_GAUGE", load_pct=30, temp_dc=650))
+            await led_set(link, 4)
+            assert await wait_mode(link, "GAUGE") == pixels((CAP, CAP, 0), 3) + pixels((0, 0, 0), 5)
+            await link.send(Message.make("LED_GAUGE", load_pct=100, temp_dc=812))
+            assert await wait_mode(link, "GAUGE") == pixels((CAP, 0, 0))
+            await link.send(Message.make("LED_GAUGE", load_pct=0, temp_dc=-50))
+            assert await wait_mode(link, "GAUGE") == pixels((0, 0, 0))
+            await led_set(link, 5)
+            px = await wait_mode(link, "IDENTIFY")
+            assert px in (pixels((CAP, CAP, CAP)), pixels((0, 0, 0)))
+            await led_set(link, 6)
+            px = await wait_mode(link, "ALERT")
+            assert px in (pixels((CAP, 0, 0), 1) + pixels((0, 0, 0), 1)) * 4, (
+                pixels((0, 0, 0), 1) + pixels((CAP, 0, 0), 1)
+            ) * 4
+            await led_set(link, 0, (9, 9, 9))
+            assert await wait_mode(link, "OFF") == pixels((0, 0, 0))
+
+    asyncio.run(scenario())
+
+
+def test_host_lost_pattern_after_the_timeout_and_recovery_on_the_next_frame(device: Device) -> None:
+    async def scenario() -> None:
+        async with Link(device.stream()) as link:
+            await recv_type(link, MsgType.HELLO)
+            await led_set(link, 1, (0, 255, 0))
+            assert await wait_mode(link, "SOLID") == pixels((0, CAP, 0))
+            t0 = time.monotonic()
+            lost = await recv_type(link, MsgType.EVENT, EV_HOST_LOST)  # the host said nothing since
+            assert time.monotonic() - t0 >= HOST_TIMEOUT_MS / 1000 * 0.8
+            assert lost["level"] == EventLevel.WARNING
+            mode, count, px = parse_state(str(lost["text"]))
+            # one amber pixel (255, 96 after gamma 2 and the cap: 102, 14) at the start of its walk
+            assert (mode, count, px) == ("HOST_LOST", 1, bytes((CAP, 14, 0)) + pixels((0, 0, 0), N - 1))
+            await asyncio.sleep(0.3)  # silent a while longer
+            await link.send(Message.make("STATUS_GET"))  # the first frame for a while: the host is back
+            back = await recv_type(link, MsgType.EVENT, EV_HOST_BACK)
+            assert parse_state(str(back["text"])) == ("SOLID", 1, pixels((0, CAP, 0)))
+            answer = await recv_type(link, MsgType.EVENT, EV_STATE)
+            assert parse_state(str(answer["text"])) == ("SOLID", 1, pixels((0, CAP, 0)))
+            await link.send(Message.make("PING", token=5))
+            assert (await recv_type(link, MsgType.PONG))["token"] == 5
+
+    asyncio.run(scenario())
+
+
+def test_garbage_on_the_line_is_counted_reported_and_survived(device: Device) -> None:
+    async def scenario() -> None:
+        async with Link(device.stream()) as link:
+            await recv_type(link, MsgType.HELLO)
+            good = encode_frame(Message.make("PING", token=1).to_frame(seq=9, flags=1))
+            bad_crc = bytearray(good)
+            bad_crc[5] ^= 0x40
+            for chunk in (b"\x00garbage\x00", b"\x07" * 300 + b"\x00", bytes(bad_crc), b"\x02\x01\x00"):
+                os.write(device.master, chunk)
+            os.write(device.master, encode_frame(Frame(type=0x55, body=b"?")))  # intact, unknown type
+            error = await recv_type(link, MsgType.ERROR)
+            assert (error["code"], error["ref_type"]) == (ErrorCode.UNKNOWN_TYPE, 0x55)
+            reported: dict[str, int] = {}
+            while not {"cobs", "oversize", "crc", "short", "unknown_type"} <= reported.keys():
+                report = await recv_type(link, MsgType.EVENT, EV_DROPS)
+                assert report["level"] == EventLevel.WARNING
+                reported = {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", str(report["text"]))}
+            assert (
+                reported["oversize"] == reported["crc"] == reported["short"] == reported["unknown_type"] == 1
+            )
+            await led_set(link, 1, (0, 0, 255))
+            assert await wait_mode(link, "SOLID") == pixels((0, 0, CAP))
+        device.hang_up()
+        out, _ = device.proc.communicate(timeout=STEP)
+        assert device.proc.returncode == 0, out
+        assert b"ledfw: line closed" in out and b"crc=1" in out
+
+    asyncio.run(scenario())
+
+
+def test_out_of_range_values_get_bad_value_and_change_nothing(device: Device) -> None:
+    async def scenario() -> None:
+        async with Link(device.stream()) as link:
+            await recv_type(link, MsgType.HELLO)
+            await link.send(Message.make("LED_GAUGE", load_pct=50, temp_dc=300))
+            await led_set(link, 4)
+            want = pixels((0, CAP, 0), 4) + pixels((0, 0, 0), 4)
+            assert await wait_mode(link, "GAUGE") == want
+            bad = [
+                Message.make("LED_SET", mode=7, r=1, g=2, b=3, brightness=4, period_ms=0),
+                Message.make("LED_SET", mode=2, r=1, g=2, b=3, brightness=4, period_ms=10),
+                Message.make("LED_GAUGE", load_pct=101, temp_dc=300),
+                Message.make("LED_GAUGE", load_pct=10, temp_dc=1501),
+                Message.make("LED_GAUGE", load_pct=10, temp_dc=-401),
+            ]
+            for msg in bad:
+                await link.send(msg)
+                error = await recv_type(link, MsgType.ERROR)
+                assert (error["code"], error["ref_type"]) == (ErrorCode.BAD_VALUE, msg.type), msg
+                assert str(error["text"]).startswith("bad value: ")
+            await link.send(Message.make("POWER", action=1))
+            error = await recv_type(link, MsgType.ERROR)
+            assert (error["code"], error["ref_type"]) == (ErrorCode.UNSUPPORTED, MsgType.POWER)
+            assert await state(link) == ("GAUGE", 0, want)
+
+    asyncio.run(scenario())
