@@ -1,4 +1,4 @@
-# Runs ledfw/render.py under the MicroPython unix port for tests/test_ledfw.py.
+# Runs ledfw/render.py under the MicroPython unix port for tests/integration/test_ledfw.py.
 #
 #   micropython ledfw/tests_driver.py CASE...   (MICROPYPATH: .frozen and ledfw/)
 #
