@@ -21,4 +21,4 @@ for case in sys.argv[1:]:
     for i in range(len(buf)):
         buf[i] = 0xEE  # render must write every byte of the n pixels
     render.render(buf, n, v[0], v[1], p)
-    print(hexlify(buf[: 3 * n]).decode())
+    print(hexlify(bytes(buf[: 3 * n])).decode())
