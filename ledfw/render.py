@@ -122,9 +122,11 @@ def identify(buf, n, t, p):
 def alert(buf, n, t, p):
     # Wig-wag: even pixels in the first half period, odd ones in the second; red unless a colour is given.
     period = p.period or _ALERT_MS
-    r, g, b = (p.r, p.g, p.b) if p.r or p.g or p.b else (255, 0, 0)
     k = p.brightness
-    r, g, b = level(r, k), level(g, k), level(b, k)
+    if p.r or p.g or p.b:
+        r, g, b = level(p.r, k), level(p.g, k), level(p.b, k)
+    else:
+        r, g, b = level(255, k), 0, 0
     odd = 1 if t % period >= period // 2 else 0
     for i in range(n):
         j = 3 * i

@@ -379,3 +379,18 @@ def test_no_channel_exceeds_the_cap_in_any_mode() -> None:
     for c, have in zip(cases, run_driver(*cases), strict=True):
         assert len(have) == 24 and max(have) <= CAP, c
     assert max(run_driver(case(SOLID, 0, (255, 255, 255), n=8))[0]) == CAP
+
+
+def test_rendering_allocates_nothing_in_any_mode() -> None:
+    # The driver renders each case again with micropython.heap_lock(): an allocation would raise MemoryError.
+    cases = [
+        "lock," + case(m, t, rgb, period=p, load=60, temp=temp, n=8)
+        for m in (OFF, SOLID, BLINK, BREATHE, GAUGE, IDENTIFY, ALERT, HOST_LOST, SELFTEST)
+        for t, rgb, p, temp in (
+            (0, (0, 0, 0), 0, 400),
+            (777, (10, 200, 30), 400, 650),
+            (1999, (255, 0, 9), 0, 900),
+        )
+    ]
+    locked = run_driver(*cases)
+    assert locked == run_driver(*(c.removeprefix("lock,") for c in cases))
