@@ -137,7 +137,7 @@ class Firmware:
         # HELLO, PONG, STATUS, EVENT, EVENT_LOG, ERROR from the host need no answer
 
     def error(self, t, code, text):
-        self.link.send(T["ERROR"], (code, t, self.link.rx_seq, "bad value: " + text if code == 3 else text))
+        self.link.send(T["ERROR"], (code, t, self.link.rx_seq, "bad value: " + text if code == _ERR_BAD_VALUE else text))
 
     def host_seen(self, now):
         self.last_rx = now
