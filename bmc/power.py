@@ -137,7 +137,7 @@ class Power:
         return (INFO, EV_BOOT_MODE, "boot mode %s for the next power-on" % BOOT_MODE_NAMES[mode])
 
     def step(self, now, action=NO_ACTION, rail_mv=0):
-        pins = []
+        pins = []  # type: list[tuple[int, int]]
         events = []
         s = self.state
         # Timed pulses end whatever the state.
