@@ -5,6 +5,8 @@
 # CASE is "mode,t,r,g,b,brightness,period,load,temp,n" (all integers) or "gamma"; a case
 # prefixed "lock," is rendered a second time with the heap locked, so that any allocation
 # in the render path raises MemoryError (and the driver exits with an error).
+# "fw" runs fw.Firmware's frame, watchdog, drop report and an idle link poll on a fake
+# HAL, then again with the heap locked, and prints the pixels it wrote.
 # Prints one line per case: the rendered pixel buffer (or the gamma table) in hex.
 import sys
 from binascii import hexlify
@@ -12,9 +14,66 @@ from binascii import hexlify
 import micropython
 import render
 
+class _Stream:
+    def __init__(self):
+        self.written = 0
+
+    def readinto(self, buf):
+        return None
+
+    def write(self, data):
+        self.written += len(data)
+        return len(data)
+
+
+class _Hal:
+    def __init__(self):
+        self.n = 8
+        self.shown = bytearray(24)
+        self.now = 0
+
+    def pixels(self, n):
+        return bytearray(3 * n)
+
+    def write(self, buf):
+        self.shown[:] = buf
+
+    def ticks_ms(self):
+        return self.now
+
+    def unique_id(self):
+        return b"drv"
+
+    def serial(self):
+        return _Stream()
+
+
+def _fw_case():
+    import fw
+
+    hal = _Hal()
+    f = fw.Firmware(hal, 8, 1000)
+    f.p.mode, f.p.r, f.p.period = render.BLINK, 255, 400
+    for step in range(2):
+        if step:
+            micropython.heap_lock()
+        for now in (500, 600, 850):  # past the self-test, the host not yet lost; the blink on at 850
+            hal.now = now
+            f.frame(now)
+            f.watchdog(now)
+            f.report_drops(now)
+            f.link.poll()
+        if step:
+            micropython.heap_unlock()
+    return hal.shown
+
+
 buf = bytearray(3 * 32)
 p = render.Params()
 for case in sys.argv[1:]:
+    if case == "fw":
+        print(hexlify(bytes(_fw_case())).decode())
+        continue
     if case == "gamma":
         print(hexlify(render.GAMMA).decode())
         continue

@@ -279,7 +279,7 @@ OFF, SOLID, BLINK, BREATHE, GAUGE, IDENTIFY, ALERT, HOST_LOST, SELFTEST = 0, 1, 
 
 
 def run_driver(*cases: str) -> list[bytes]:
-    env = {**os.environ, "MICROPYPATH": os.pathsep.join([".frozen", str(REPO / "ledfw")])}  # render.py alone
+    env = {**os.environ, "MICROPYPATH": MICROPYPATH}
     out = subprocess.run(
         [micropython_binary(), str(DRIVER), *cases],
         capture_output=True,
@@ -394,3 +394,9 @@ def test_rendering_allocates_nothing_in_any_mode() -> None:
     ]
     locked = run_driver(*cases)
     assert locked == run_driver(*(c.removeprefix("lock,") for c in cases))
+
+
+def test_the_firmware_loop_allocates_nothing_once_running() -> None:
+    # frame (render + HAL write), watchdog, drop report and an idle link poll, run again with the heap
+    # locked on a fake HAL: BLINK red, period 400 ms, on at t=850.
+    assert run_driver("fw") == [pixels((CAP, 0, 0))]
