@@ -58,7 +58,8 @@ def _drops_text(d):
 
 
 class Firmware:
-    def __init__(self, hal, n=8, host_timeout_ms=HOST_TIMEOUT_MS):
+    def __init__(self, hal, n=8, host_timeout_ms=HOST_TIMEOUT_MS, seq=None):
+        # seq: the link's first sequence number (random if None; tests fix it)
         self.hal = hal
         self.n = n
         self.buf = hal.pixels(n)
@@ -72,7 +73,7 @@ class Firmware:
         self.selftest = True
         self.running = True
         self.stream = hal.serial()
-        self.link = srplink.Link(self.stream, on_message=self.on_message, name="ledfw")
+        self.link = srplink.Link(self.stream, on_message=self.on_message, name="ledfw", seq=seq)
         self._frames = 0
         self._reported = 0
         self._report_at = self.t0

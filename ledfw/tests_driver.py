@@ -7,6 +7,8 @@
 # in the render path raises MemoryError (and the driver exits with an error).
 # "fw" runs fw.Firmware's frame, watchdog, drop report and an idle link poll on a fake
 # HAL, then again with the heap locked, and prints the pixels it wrote.
+# "wire,HEX" starts fw.Firmware on a fake line (link seq 0x42), feeds it the bytes HEX,
+# polls once and prints everything it wrote, in hex: exact bytes on the wire.
 # Prints one line per case: the rendered pixel buffer (or the gamma table) in hex.
 import sys
 from binascii import hexlify
@@ -17,17 +19,28 @@ import render
 class _Stream:
     def __init__(self):
         self.written = 0
+        self.inp = b""
+        self.out = bytearray()
+        self.keep = False
 
     def readinto(self, buf):
-        return None
+        n = min(len(buf), len(self.inp))
+        if not n:
+            return None
+        buf[:n] = self.inp[:n]
+        self.inp = self.inp[n:]
+        return n
 
     def write(self, data):
         self.written += len(data)
+        if self.keep:
+            self.out.extend(data)
         return len(data)
 
 
 class _Hal:
-    def __init__(self):
+    def __init__(self, stream=None):
+        self._stream = stream if stream is not None else _Stream()
         self.n = 8
         self.shown = bytearray(24)
         self.now = 0
@@ -45,7 +58,7 @@ class _Hal:
         return b"drv"
 
     def serial(self):
-        return _Stream()
+        return self._stream
 
 
 def _fw_case():
@@ -68,11 +81,26 @@ def _fw_case():
     return hal.shown
 
 
+def _wire_case(inp):
+    import fw
+
+    stream = _Stream()
+    stream.keep = True
+    hal = _Hal(stream)
+    f = fw.Firmware(hal, 8, 1000, seq=0x42)
+    stream.inp = inp
+    f.link.poll()
+    return stream.out
+
+
 buf = bytearray(3 * 32)
 p = render.Params()
 for case in sys.argv[1:]:
     if case == "fw":
         print(hexlify(bytes(_fw_case())).decode())
+        continue
+    if case.startswith("wire,"):
+        print(hexlify(bytes(_wire_case(bytes.fromhex(case[5:])))).decode())
         continue
     if case == "gamma":
         print(hexlify(render.GAMMA).decode())

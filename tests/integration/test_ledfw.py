@@ -400,3 +400,41 @@ def test_the_firmware_loop_allocates_nothing_once_running() -> None:
     # frame (render + HAL write), watchdog, drop report and an idle link poll, run again with the heap
     # locked on a fake HAL: BLINK red, period 400 ms, on at t=850.
     assert run_driver("fw") == [pixels((CAP, 0, 0))]
+
+
+def wire(*host: Frame) -> bytes:
+    """What the firmware writes (link seq 0x42, on a fake line) when the host's frames arrive at boot."""
+    (out,) = run_driver("wire," + b"".join(encode_frame(f) for f in host).hex())
+    return out
+
+
+HELLO = Message.make("HELLO", kind=1, proto=1, fw_major=0, fw_minor=1, fw_patch=0, uid=b"drv")
+ACKREQ, ACK, SYN = 0x01, 0x02, 0x04
+
+
+def test_boot_writes_a_line_opener_and_a_reliable_hello_opening_the_session() -> None:
+    assert wire() == b"\x00" + encode_frame(HELLO.to_frame(seq=0x42, flags=ACKREQ | SYN))
+
+
+def test_a_bad_mode_is_answered_with_these_exact_error_bytes() -> None:
+    bad = Message.make("LED_SET", mode=9, r=1, g=2, b=3, brightness=4, period_ms=0)
+    error = Message.make(
+        "ERROR", code=ErrorCode.BAD_VALUE, ref_type=MsgType.LED_SET, ref_seq=7, text="bad value: LED mode 9"
+    )
+    assert wire(bad.to_frame(seq=7, ack=0x42, flags=ACKREQ | ACK | SYN)) == (
+        b"\x00"
+        + encode_frame(HELLO.to_frame(seq=0x42, flags=ACKREQ | SYN))
+        + encode_frame(error.to_frame(seq=0x43, ack=7, flags=ACKREQ | ACK))
+    )
+
+
+def test_status_get_is_answered_with_the_state_event_bytes() -> None:
+    # The fake HAL's clock stands at 0: the self-test sweep shows its first pixel, uptime 0.
+    text = "mode=SELFTEST lost=0 px=" + (bytes((CAP, CAP, CAP)) + pixels((0, 0, 0), N - 1)).hex()
+    event = Message.make("EVENT", level=EventLevel.INFO, code=EV_STATE, time_ms=0, text=text)
+    status_get = Message.make("STATUS_GET")
+    assert wire(status_get.to_frame(seq=200, ack=0x42, flags=ACKREQ | ACK | SYN)) == (
+        b"\x00"
+        + encode_frame(HELLO.to_frame(seq=0x42, flags=ACKREQ | SYN))
+        + encode_frame(event.to_frame(seq=0x43, ack=200, flags=ACKREQ | ACK))
+    )
