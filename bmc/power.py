@@ -45,11 +45,9 @@ INFO = const(1)
 WARNING = const(2)
 ERROR = const(3)
 
-# Event codes (shared with main.py's own events).
-EV_POWER = const(0x0110)  # a state transition
-EV_FAULT = const(0x0111)  # rail never came good / brown-out
+# Event codes (main.py has its own; bmc/README.md lists them all).
+EV_POWER = const(0x0110)  # a state transition (level ERROR for FAULT: rail never good, brown-out)
 EV_RESET = const(0x0112)
-EV_BUTTON = const(0x0113)
 EV_REFUSED = const(0x0114)  # a request the current state does not allow
 EV_BOOT_MODE = const(0x0115)
 EV_DEFERRED = const(0x0116)  # ON waiting for the minimum off time

@@ -55,7 +55,8 @@ MICROPYPATH = os.pathsep.join(
 )
 STEP = 5.0  # seconds any single exchange may take
 MIN_OFF_MS = 300
-EV_POWER, EV_DEFERRED = 0x0110, 0x0116
+# event codes (bmc/README.md)
+EV_POWER, EV_RESET, EV_REFUSED, EV_DEFERRED = 0x0110, 0x0112, 0x0114, 0x0116
 EV_CONSOLE_DROP, EV_LINK_DROPS = 0x0120, 0x0200
 
 
@@ -83,7 +84,6 @@ def step(p, now, action=NO_ACTION, rail=0):
 """
 
 RAIL_PIN, RESET_PIN, BUTTON_PIN, BOOT_PIN = 0, 1, 2, 3
-EV_POWER, EV_FAULT, EV_RESET, EV_BUTTON, EV_REFUSED, EV_BOOT_MODE, EV_DEFERRED = range(0x110, 0x117)
 
 
 def run_mpy(tmp_path: Path, code: str) -> list[Any]:
@@ -792,5 +792,41 @@ def test_garbage_on_the_line_is_counted_and_the_firmware_keeps_working(start_bmc
             assert got == b"still here\n"
         final = counts(bmc.finish())
         assert final["crc"] == 1 and final["unknown_type"] == 1
+
+    asyncio.run(scenario())
+
+
+@slow
+def test_reset_pulse_and_power_button_over_the_link(start_bmc: StartBmc) -> None:
+    async def scenario() -> None:
+        bmc = start_bmc("grace_ms=300", "reset_ms=100")
+        async with Link(bmc.stream()) as link:
+            await recv_type(link, MsgType.HELLO)
+            seen: list[Message] = []
+            await link.send(Message.make("POWER", action=4))  # BUTTON while off: on
+            await power_event(link, "ON", seen)
+            await link.send(Message.make("POWER", action=3))  # RESET
+            events = []
+            while len(events) < 2:
+                ev = await recv_type(link, MsgType.EVENT)
+                if ev["code"] == EV_RESET:
+                    events.append(ev)
+            assert [e["text"] for e in events] == ["reset asserted for 100 ms", "reset released"]
+            assert events[1]["time_ms"] - events[0]["time_ms"] >= 100
+            await link.send(Message.make("POWER", action=4))  # BUTTON while on: graceful off
+            asked = await power_event(link, "STOPPING", seen)
+            assert "graceful" in str(asked["text"])
+            cut = await power_event(link, "STOPPING", seen)  # the grace time is over: the rail is cut
+            assert "grace time over" in str(cut["text"]) and cut["time_ms"] - asked["time_ms"] >= 300
+            await power_event(link, "OFF", seen)
+            await asyncio.sleep(MIN_OFF_MS / 1000)
+            await link.send(Message.make("POWER", action=1))
+            await power_event(link, "ON", seen)
+            await link.send(Message.make("POWER", action=5))  # BUTTON_LONG: forced off at once
+            forced = await power_event(link, "STOPPING", seen)
+            assert str(forced["text"]).endswith("BUTTON_LONG")
+            await power_event(link, "OFF", seen)
+            assert (await status(link))["power_state"] == PowerState.OFF
+        bmc.finish()
 
     asyncio.run(scenario())
