@@ -588,6 +588,13 @@ async def status(link: Link) -> Message:
     return await recv_type(link, MsgType.STATUS)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """A tty may take part of a large write; the rest follows as the firmware reads."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def counts(text: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", text)}
 
@@ -735,7 +742,7 @@ def test_console_bytes_cross_both_ways_in_order(start_bmc: StartBmc) -> None:
         to_node = rng.randbytes(3000)
         async with Link(bmc.stream()) as link:
             await recv_type(link, MsgType.HELLO)
-            os.write(bmc.node_pty.master, from_node)  # the node prints
+            write_all(bmc.node_pty.master, from_node)  # the node prints
             got = b""
             async with asyncio.timeout(STEP):
                 while len(got) < len(from_node):
@@ -757,7 +764,7 @@ def test_a_console_flood_drops_bytes_but_counts_every_one(start_bmc: StartBmc) -
         flood = bytes(i & 0xFF for i in range(30000))
         async with Link(bmc.stream()) as link:
             await recv_type(link, MsgType.HELLO)
-            os.write(bmc.node_pty.master, flood)  # far more than the 4 KiB ring while the window is busy
+            write_all(bmc.node_pty.master, flood)  # far more than the 4 KiB ring while the window is busy
             got = b""
             reported = 0
             seen: list[Message] = []
@@ -805,7 +812,7 @@ def test_garbage_on_the_line_is_counted_and_the_firmware_keeps_working(start_bmc
             assert (await recv_type(link, MsgType.PONG))["token"] == 2
             await link.send(Message.make("POWER", action=1))
             await power_event(link, "ON", [])
-            os.write(bmc.node_pty.master, b"still here\n")
+            write_all(bmc.node_pty.master, b"still here\n")
             got = b""
             async with asyncio.timeout(STEP):
                 while len(got) < 11:
