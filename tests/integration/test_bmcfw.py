@@ -354,6 +354,47 @@ def test_a_reader_overtaken_by_the_ring_skips_to_the_oldest_and_counts(tmp_path:
     assert out == [[3, 3]]
 
 
+def test_event_log_reads_match_a_model_over_random_logging_and_wrapping_indexes(tmp_path: Path) -> None:
+    # Random batches of logged events and reads with random `since`, indexes starting near the u16 wrap;
+    # each read must return exactly the model's events: those with an index >= since (mod 65536, within
+    # half the index space) still in the ring, oldest first.
+    rng = random.Random(11)
+    size, start = 16, 65500
+    # each op: log n events, then read from `back` events before next (or from a random since if back < 0)
+    ops = [[rng.randrange(0, 40), rng.randrange(-5, 25), rng.randrange(65536)] for _ in range(80)]
+    out = run_mpy(
+        tmp_path,
+        f"""
+        from eventlog import EventLog, Reader
+        log = EventLog({size})
+        log.next = {start}
+        for n, back, since in {json.dumps(ops)}:
+            for _ in range(n):
+                log.log(1, 7, 0, "")
+            if back >= 0:
+                since = (log.next - back) & 0xFFFF
+            r = Reader(log, since)
+            got = []
+            e = r.take()
+            while e is not None:
+                got.append(e[0])
+                e = r.take()
+            out(since, got)
+        """,
+    )
+    logged = 0
+    kinds = set()
+    for (n, _, _), (since, got) in zip(ops, out, strict=True):
+        logged += n
+        ring = [(start + k) & 0xFFFF for k in range(max(0, logged - size), logged)]
+        nxt = (start + logged) & 0xFFFF
+        behind = (nxt - since) & 0xFFFF  # since more than half the index space back is "in the future"
+        wanted = [i for i in ring if (i - since) & 0xFFFF < 0x8000] if behind < 0x8000 else []
+        assert got == wanted, (since, nxt, ring)
+        kinds.add("all" if got and got == ring else "part" if got else "none")
+    assert kinds == {"all", "part", "none"}  # every case was met
+
+
 # --- sensors -----------------------------------------------------------------------------------------
 
 
