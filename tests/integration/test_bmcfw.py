@@ -265,6 +265,62 @@ def test_power_button_short_press_is_on_or_graceful_off_and_long_press_forces_of
     ]
 
 
+def test_a_rail_that_does_not_discharge_is_off_after_the_stop_timeout_with_a_warning(tmp_path: Path) -> None:
+    out = run_mpy(
+        tmp_path,
+        """
+        p = Power(Config(stop_timeout_ms=500))
+        step(p, 0, A_ON, 0)
+        step(p, 20, rail=5080)
+        step(p, 100, A_OFF, 5080)
+        step(p, 599, rail=3000)
+        ev = step(p, 600, rail=3000)
+        out(ev[0][0], ev[0][2])
+        """,
+    )
+    assert out[2:] == [
+        ["STOPPING", [[RAIL_PIN, 0]], [EV_POWER]],
+        ["STOPPING", [], []],
+        ["OFF", [], [EV_POWER, EV_POWER]],
+        [2, "rail still 3000 mV after 500 ms"],
+    ]
+
+
+def test_cycle_clears_a_fault_and_an_off_cancels_a_deferred_on(tmp_path: Path) -> None:
+    out = run_mpy(
+        tmp_path,
+        """
+        p = Power(Config(rail_timeout_ms=100, min_off_ms=300))
+        step(p, 0, A_ON, 0)
+        step(p, 100, rail=0)
+        step(p, 200, A_CYCLE, 0)
+        step(p, 499, rail=0)
+        step(p, 500, rail=0)
+        step(p, 520, rail=5080)
+        step(p, 600, A_OFF, 5080)
+        step(p, 610, rail=0)
+        step(p, 700, A_ON, 0)
+        step(p, 800, A_OFF, 0)
+        step(p, 2000, rail=0)
+        """,
+    )
+    assert [o[0] for o in out] == [
+        "STARTING",
+        "FAULT",
+        "OFF",
+        "OFF",
+        "STARTING",
+        "ON",
+        "STOPPING",
+        "OFF",
+        "OFF",
+        "OFF",
+        "OFF",
+    ]
+    assert out[2][2] == [EV_POWER, EV_DEFERRED]  # cleared, and on after the minimum off time
+    assert out[8][2] == [EV_DEFERRED] and out[10] == ["OFF", [], []]  # the OFF cancelled the deferred ON
+
+
 def test_out_of_range_actions_and_boot_modes_raise(tmp_path: Path) -> None:
     out = run_mpy(
         tmp_path,
