@@ -67,9 +67,10 @@ class Config:
 
 
 class Power:
-    """step(now_ms, action, rail_mv) -> (pins, events).
+    """step(now_ms, action, rail_mv) -> [pins, events].
 
-    pins: list of (PIN_*, value) to apply now; events: list of (level, code, text).
+    pins: list of (PIN_*, value) to apply now; events: list of (level, code, text). Both lists are
+    reused by the next step: use them before calling it again.
     `now_ms` must not go backwards (the caller keeps a monotonic uptime).
     """
 
@@ -85,6 +86,10 @@ class Power:
         self.button_until = -1
         self.fault = ""
         self.pins = [0, 0, 0, 0]
+        # The lists step() hands back, reused: a step with nothing to do allocates nothing.
+        self._changes = []  # type: list[tuple[int, int]]
+        self._events = []  # type: list[tuple[int, int, str]]
+        self._result = [self._changes, self._events]
 
     # --- helpers ---------------------------------------------------------------
 
@@ -135,8 +140,13 @@ class Power:
         return (INFO, EV_BOOT_MODE, "boot mode %s for the next power-on" % BOOT_MODE_NAMES[mode])
 
     def step(self, now, action=NO_ACTION, rail_mv=0):
-        pins = []  # type: list[tuple[int, int]]
-        events = []
+        pins = self._changes
+        events = self._events
+        # Emptied with pop(): MicroPython's list.clear() reallocates the storage, even of an empty list.
+        while pins:
+            pins.pop()
+        while events:
+            events.pop()
         s = self.state
         # Timed pulses end whatever the state.
         if self.reset_until >= 0 and now >= self.reset_until and s == ON:
@@ -230,4 +240,4 @@ class Power:
                 self._goto(events, OFF, "rail off")
                 if self.pending_on:
                     events.append((INFO, EV_DEFERRED, "on in %d ms (minimum off time)" % self.cfg.min_off_ms))
-        return pins, events
+        return self._result

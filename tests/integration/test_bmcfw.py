@@ -321,6 +321,32 @@ def test_cycle_clears_a_fault_and_an_off_cancels_a_deferred_on(tmp_path: Path) -
     assert out[8][2] == [EV_DEFERRED] and out[10] == ["OFF", [], []]  # the OFF cancelled the deferred ON
 
 
+def test_a_power_step_with_nothing_to_do_allocates_nothing(tmp_path: Path) -> None:
+    out = run_mpy(
+        tmp_path,
+        """
+        import micropython
+        p = Power()
+        p.step(0, A_ON, 0)
+        p.step(20, NO_ACTION, 5080)
+        r = None
+        t = 30
+        ok = "allocated"
+        micropython.heap_lock()  # globals assigned above: storing them now allocates nothing
+        try:
+            while t < 1000:
+                r = p.step(t, NO_ACTION, 5080)
+                t += 10
+            ok = "no allocation"
+        except MemoryError:
+            pass
+        micropython.heap_unlock()
+        out(ok, STATE_NAMES[p.state], len(r[0]), len(r[1]))
+        """,
+    )
+    assert out == [["no allocation", "ON", 0, 0]]
+
+
 def test_out_of_range_actions_and_boot_modes_raise(tmp_path: Path) -> None:
     out = run_mpy(
         tmp_path,
