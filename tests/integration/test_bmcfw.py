@@ -981,3 +981,22 @@ def test_reset_pulse_and_power_button_over_the_link(start_bmc: StartBmc) -> None
         bmc.finish()
 
     asyncio.run(scenario())
+
+
+@slow
+def test_a_restarted_host_finds_the_node_still_powered(start_bmc: StartBmc) -> None:
+    async def scenario() -> None:
+        bmc = start_bmc()
+        async with Link(bmc.stream()) as link:
+            await recv_type(link, MsgType.HELLO)
+            await link.send(Message.make("POWER", action=1))
+            await power_event(link, "ON", [])
+        # a new host session on the same line: the firmware's link is resynchronised (RST), the node stays on
+        async with Link(bmc.stream()) as link:
+            await link.send(Message.make("PING", token=5))
+            while (await recv_type(link, MsgType.PONG))["token"] != 5:
+                pass  # a PONG the old host left unacknowledged may come first
+            assert (await status(link))["power_state"] == PowerState.ON
+        bmc.finish()
+
+    asyncio.run(scenario())
