@@ -27,6 +27,7 @@ class Hal:
         self._button = machine.Pin(12, out, value=0)
         self._boot = (machine.Pin(13, out, value=0), machine.Pin(14, out, value=0))
         self.power_config = {}
+        self.status_ms = 1000  # unsolicited STATUS, unreliable: telemetry for the host
         self._cause = machine.reset_cause()
         self._wdt = machine.WDT(timeout=_WDT_MS)
 

@@ -5,8 +5,9 @@
 # The host link is a tty (a pty's slave side). The node's UART is a second tty if
 # given (a test types into it as the node and reads what the host sent), else an
 # in-memory buffer. Pins drive sim.Board, whose I2C registers follow the rail.
-# name=value settings: power.Config fields (min_off_ms=300) and the board's
-# rail_mv / load_ma / temp_dc (rail_mv=3000 gives a rail that never comes good).
+# name=value settings: power.Config fields (min_off_ms=300), status_ms (send STATUS
+# unreliably every so often) and the board's rail_mv / load_ma / temp_dc
+# (rail_mv=3000 gives a rail that never comes good).
 
 import os
 import sys
@@ -47,6 +48,7 @@ class Hal:
         self.uart = srplink.PtyStream(paths[1]) if len(paths) > 1 else MemoryUart()
         self.board = sim.Board(**{k: settings.pop(k) for k in _BOARD_KEYS if k in settings})
         self.i2c = self.board.i2c
+        self.status_ms = settings.pop("status_ms", 0)  # unsolicited STATUS period (0: only on request)
         self.power_config = settings  # the rest: power.Config keywords
         self._now = 0
 

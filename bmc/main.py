@@ -63,6 +63,7 @@ class Bmc:
         self._sensor_ok = True
         self._drops_reported = 0
         self._drops_at = 0
+        self._status_at = 0
         self.running = True
         self.link = srplink.Link(hal.link_stream, on_message=self.on_message, name="host")
         self.link.send(T["HELLO"], (_KIND_BMC, _PROTO) + FW + (hal.uid(),))
@@ -203,6 +204,12 @@ class Bmc:
         self.event(power.WARNING, EV_LINK_DROPS,
                    "link drops " + " ".join("%s=%d" % (r, d[r]) for r in _LINK_REASONS if d[r]))
 
+    def periodic_status(self):
+        # Telemetry: unreliable (never held in the window, never resent), every hal.status_ms.
+        if self.hal.status_ms and self.uptime - self._status_at >= self.hal.status_ms:
+            self._status_at = self.uptime
+            self.link.send(T["STATUS"], self.status(), reliable=False)
+
     # --- tasks -----------------------------------------------------------------
 
     async def control_task(self):
@@ -213,6 +220,7 @@ class Bmc:
                 self.event(power.WARNING, EV_CONSOLE_DROP,
                            "console dropped %d bytes (total %d)" % (n, self.console.dropped))
             self.report_drops()
+            self.periodic_status()
             self.hal.feed_watchdog()
             await asyncio.sleep_ms(_CONTROL_MS)
 

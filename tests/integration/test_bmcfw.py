@@ -1000,3 +1000,21 @@ def test_a_restarted_host_finds_the_node_still_powered(start_bmc: StartBmc) -> N
         bmc.finish()
 
     asyncio.run(scenario())
+
+
+@slow
+def test_status_is_sent_every_period_when_configured(start_bmc: StartBmc) -> None:
+    async def scenario() -> None:
+        bmc = start_bmc("status_ms=100")
+        async with Link(bmc.stream()) as link:
+            await recv_type(link, MsgType.HELLO)
+            loop = asyncio.get_running_loop()
+            first = await recv_type(link, MsgType.STATUS)
+            t0 = loop.time()
+            for _ in range(3):
+                st = await recv_type(link, MsgType.STATUS)
+            assert st["power_state"] == first["power_state"] == PowerState.OFF
+            assert loop.time() - t0 >= 0.25  # three periods of 100 ms, not a burst
+        bmc.finish()
+
+    asyncio.run(scenario())
