@@ -13,6 +13,7 @@ import click
 from .. import __version__
 from .demo import demo as serial_demo
 from .demo_control import control_plane
+from .fw import fw
 from .nodes import drain, events, identify, nodes, reboot, undrain
 from .proto import proto
 from .up import up
@@ -25,6 +26,7 @@ def cli() -> None:
 
 
 cli.add_command(proto)
+cli.add_command(fw)
 for _cmd in (up, nodes, drain, undrain, identify, reboot, events):
     cli.add_command(_cmd)
 
