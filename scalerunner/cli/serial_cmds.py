@@ -1,0 +1,180 @@
+"""`scalerunner bmc ...` and `scalerunner led ...`: talk to a node's BMC or LED firmware over its serial port.
+
+Exit codes: 0 ok, 1 the device answered ERROR, 2 usage, 3 the device did not answer (the port is named).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import click
+
+from ..coordinator.serial import BmcClient, BmcStatus, DeviceError, LedClient, LedState
+from ..protocol.enums import BootMode, LedMode, PowerAction
+from ..protocol.errors import EncodeError, LinkError
+from . import exits
+from .client import fail
+
+T = TypeVar("T")
+C = TypeVar("C", BmcClient, LedClient)
+
+
+def _port_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(fn)
+    fn = click.option(
+        "--timeout",
+        type=click.FloatRange(min=0.1),
+        default=5.0,
+        show_default=True,
+        help="Seconds to wait for the device's answer.",
+    )(fn)
+    fn = click.option("--baud", type=int, default=115200, show_default=True)(fn)
+    fn = click.option("--port", required=True, help="The device's serial port (e.g. /dev/ttyACM0).")(fn)
+    return fn
+
+
+def _run(client: C, action: Callable[[C], Awaitable[T]]) -> T:
+    async def go() -> T:
+        async with client:
+            return await action(client)
+
+    try:
+        return asyncio.run(go())
+    except DeviceError as exc:
+        fail(str(exc), exits.FAILED)
+    except LinkError as exc:
+        fail(f"device not reachable: {exc}", exits.UNREACHABLE)
+    except EncodeError as exc:
+        fail(str(exc), exits.USAGE)
+
+
+def _choices(enum_cls: type[PowerAction] | type[BootMode] | type[LedMode]) -> click.Choice[str]:
+    return click.Choice([m.name.lower().replace("_", "-") for m in enum_cls], case_sensitive=False)
+
+
+def _show_status(st: BmcStatus, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(st.as_dict()))
+    else:
+        click.echo(
+            f"power {st.power_state.name}  rail {st.rail_v:.2f} V  {st.current_a:.2f} A  "
+            f"{st.power_w:.2f} W  {st.temp_c:.1f} °C"
+        )
+
+
+def _show_led(st: LedState, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(st.as_dict()))
+    else:
+        click.echo(f"mode {st.mode}  lost {st.lost}  pixels {st.pixels.hex() or '-'}")
+
+
+# --- bmc -----------------------------------------------------------------------------------------
+
+
+@click.group()
+def bmc() -> None:
+    """A node's BMC over its serial port: power, boot mode, status, event log."""
+
+
+@bmc.command("status")
+@_port_options
+def bmc_status(port: str, baud: int, timeout: float, as_json: bool) -> None:
+    """Power state, rail voltage, current, power and temperature."""
+    st = _run(BmcClient(port, baud=baud, timeout=timeout), lambda c: c.status())
+    _show_status(st, as_json)
+
+
+@bmc.command("power")
+@click.argument("action", type=_choices(PowerAction))
+@_port_options
+def bmc_power(action: str, port: str, baud: int, timeout: float, as_json: bool) -> None:
+    """Power ACTION: on, off, cycle, reset, button, button-long. Prints the status afterwards."""
+    st = _run(BmcClient(port, baud=baud, timeout=timeout), lambda c: c.power(action))
+    _show_status(st, as_json)
+
+
+@bmc.command("boot-mode")
+@click.argument("mode", type=_choices(BootMode))
+@_port_options
+def bmc_boot_mode(mode: str, port: str, baud: int, timeout: float, as_json: bool) -> None:
+    """Select the boot MODE for the next power-on: normal, network, usb, recovery."""
+    st = _run(BmcClient(port, baud=baud, timeout=timeout), lambda c: c.boot_mode(mode))
+    _show_status(st, as_json)
+
+
+@bmc.command("events")
+@click.option("--since", type=click.IntRange(0, 0xFFFF), default=0, show_default=True)
+@_port_options
+def bmc_events(since: int, port: str, baud: int, timeout: float, as_json: bool) -> None:
+    """The BMC's logged events with index >= --since, oldest first."""
+    entries = _run(BmcClient(port, baud=baud, timeout=timeout), lambda c: c.events(since))
+    if as_json:
+        click.echo(json.dumps([e.as_dict() for e in entries]))
+        return
+    for e in entries:
+        level = e.as_dict()["level"]
+        click.echo(f"{e.index:5d} {e.time_ms:>10d} ms {level!s:<7} 0x{e.code:04x} {e.text}")
+
+
+# --- led -----------------------------------------------------------------------------------------
+
+
+def _rgb(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, int, int]:
+    try:
+        parts = [int(v) for v in value.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) != 3 or not all(0 <= v <= 255 for v in parts):
+        raise click.BadParameter("expected R,G,B with each 0..255", ctx, param)
+    return parts[0], parts[1], parts[2]
+
+
+@click.group()
+def led() -> None:
+    """A node's LED indicator over its serial port."""
+
+
+@led.command("set")
+@click.argument("mode", type=_choices(LedMode))
+@click.option("--rgb", callback=_rgb, default="255,255,255", show_default=True, help="Colour R,G,B.")
+@click.option("--brightness", type=click.IntRange(0, 255), default=255, show_default=True)
+@click.option(
+    "--period-ms", type=click.IntRange(0, 0xFFFF), default=0, help="Blink/breathe period (0: default)."
+)
+@_port_options
+def led_set(
+    mode: str,
+    rgb: tuple[int, int, int],
+    brightness: int,
+    period_ms: int,
+    port: str,
+    baud: int,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Show MODE: off, solid, blink, breathe, gauge, identify, alert. Prints the state afterwards."""
+    client = LedClient(port, baud=baud, timeout=timeout)
+    st = _run(client, lambda c: c.set_mode(mode, rgb=rgb, brightness=brightness, period_ms=period_ms))
+    _show_led(st, as_json)
+
+
+@led.command("gauge")
+@click.argument("load", type=click.IntRange(0, 100))
+@click.argument("temp", type=float)
+@_port_options
+def led_gauge(load: int, temp: float, port: str, baud: int, timeout: float, as_json: bool) -> None:
+    """Feed the gauge: LOAD in percent, TEMP in °C (shown in mode gauge)."""
+    st = _run(LedClient(port, baud=baud, timeout=timeout), lambda c: c.gauge(load, temp))
+    _show_led(st, as_json)
+
+
+@led.command("state")
+@_port_options
+def led_state(port: str, baud: int, timeout: float, as_json: bool) -> None:
+    """The mode shown, how often the host was lost, and the pixel bytes."""
+    st = _run(LedClient(port, baud=baud, timeout=timeout), lambda c: c.state())
+    _show_led(st, as_json)

@@ -1,0 +1,175 @@
+"""What both device clients share: opening the link, one request at a time, ERROR and timeouts."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import termios
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Self
+
+from ...protocol.enums import ErrorCode, MsgType
+from ...protocol.errors import LinkError, PeerTimeout
+from ...protocol.link import ByteStream, FdStream, Link
+from ...protocol.messages import Message
+from ..errors import CoordinatorError
+
+DEFAULT_TIMEOUT = 5.0
+
+
+def open_port(path: str, baud: int) -> FdStream:
+    """A serial port or pty by path, raw 8N1 at ``baud``.
+
+    (Not ``link.open_serial``: pyserial's ``timeout=0`` sets VMIN=0/VTIME=0, under which a read with no
+    data pending returns b"", which the link takes for end of file.)
+    """
+    stream = FdStream.open(path)  # raw mode: VMIN=1, so an idle line reads as EAGAIN
+    fd = stream.fileno
+    speed = getattr(termios, f"B{baud}", None)
+    try:
+        if speed is None:
+            raise LinkError(path, f"unsupported baud rate {baud}")
+        if os.isatty(fd):
+            attrs = termios.tcgetattr(fd)
+            attrs[4] = attrs[5] = speed
+            termios.tcsetattr(fd, termios.TCSANOW, attrs)
+    except (LinkError, termios.error) as exc:
+        os.close(fd)
+        if isinstance(exc, LinkError):
+            raise
+        raise LinkError(path, f"cannot set {baud} baud: {exc}") from exc
+    return stream
+
+
+class DeviceError(CoordinatorError):
+    """The device on ``port`` answered ERROR: ``code`` (an ErrorCode) and its text in ``detail``."""
+
+    def __init__(self, port: str, detail: str, code: ErrorCode | int | None = None) -> None:
+        super().__init__(f"{port}: {detail}")
+        self.port = port
+        self.detail = detail
+        self.code = code
+
+
+@dataclass(frozen=True)
+class Hello:
+    """The HELLO a device sends when it starts."""
+
+    kind: int
+    proto: int
+    fw_version: tuple[int, int, int]
+    uid: bytes
+
+    @property
+    def version(self) -> str:
+        return ".".join(str(v) for v in self.fw_version)
+
+
+def _int(msg: Message, key: str) -> int:
+    value = msg.fields[key]
+    assert isinstance(value, int)
+    return value
+
+
+def _str(msg: Message, key: str) -> str:
+    value = msg.fields[key]
+    assert isinstance(value, str)
+    return value
+
+
+class DeviceClient:
+    """A link to one device on ``port`` (a serial port path) or an open ``ByteStream``.
+
+    Use as ``async with Client(path) as dev:``. Every request is answered within ``timeout`` seconds or
+    raises PeerTimeout naming the port; an ERROR from the device raises DeviceError.
+    """
+
+    def __init__(
+        self, port: str | ByteStream, *, baud: int = 115200, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        self._port = port
+        self._baud = baud
+        self.timeout = timeout
+        self.name = port if isinstance(port, str) else port.name
+        self._link: Link | None = None
+        self._lock = asyncio.Lock()
+        self._hello: Hello | None = None
+        self._hello_event = asyncio.Event()
+        self.unsolicited: deque[Message] = deque(maxlen=256)
+
+    @property
+    def link(self) -> Link:
+        if self._link is None:
+            raise RuntimeError(f"{self.name}: client not open (use `async with`)")
+        return self._link
+
+    async def __aenter__(self) -> Self:
+        stream = open_port(self._port, self._baud) if isinstance(self._port, str) else self._port
+        self.name = stream.name
+        self._link = Link(stream)
+        await self._link.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._link is not None:
+            await self._link.stop()
+
+    def _timed_out(self, what: str) -> PeerTimeout:
+        return PeerTimeout(self.name, f"no answer to {what} within {self.timeout:g} s")
+
+    def _note(self, msg: Message) -> None:
+        if msg.type == MsgType.HELLO:
+            uid = msg.fields["uid"]
+            assert isinstance(uid, bytes)
+            version = (_int(msg, "fw_major"), _int(msg, "fw_minor"), _int(msg, "fw_patch"))
+            self._hello = Hello(_int(msg, "kind"), _int(msg, "proto"), version, uid)
+            self._hello_event.set()
+        else:
+            self.unsolicited.append(msg)
+
+    async def hello(self) -> Hello:
+        """The device's HELLO: the one already received, else the next (sent when the device starts)."""
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    while self._hello is None:
+                        self._note(await self.link.recv())
+            except TimeoutError:
+                raise self._timed_out("waiting for HELLO") from None
+            return self._hello
+
+    async def _exchange(
+        self, sends: list[Message], until: Callable[[Message], bool], *, refs: set[MsgType]
+    ) -> Message:
+        """Send ``sends`` reliably in order, then return the first message ``until`` accepts. An ERROR
+        naming a type in ``refs`` on the way raises DeviceError."""
+        what = sends[0].type.name
+        async with self._lock:
+            try:
+                async with asyncio.timeout(self.timeout):
+                    for msg in sends:
+                        await self.link.send(msg)
+                    while True:
+                        msg = await self.link.recv()
+                        if msg.type == MsgType.ERROR and _int(msg, "ref_type") in refs:
+                            raise self._device_error(msg)
+                        if until(msg):
+                            return msg
+                        self._note(msg)
+            except TimeoutError:
+                raise self._timed_out(what) from None
+
+    def _device_error(self, msg: Message) -> DeviceError:
+        raw = _int(msg, "code")
+        try:
+            code: ErrorCode | int = ErrorCode(raw)
+            code_name = ErrorCode(raw).name
+        except ValueError:
+            code, code_name = raw, str(raw)
+        try:
+            ref = MsgType(_int(msg, "ref_type")).name
+        except ValueError:
+            ref = str(_int(msg, "ref_type"))
+        return DeviceError(self.name, f"{ref} refused: {code_name}: {_str(msg, 'text')}", code)
