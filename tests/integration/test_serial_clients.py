@@ -1,0 +1,322 @@
+"""LedClient, BmcClient and the `scalerunner led|bmc` commands against the real firmwares.
+
+Each firmware (ledfw/main.py, bmc/main.py, unchanged) runs under the MicroPython unix port on a pty, as in
+test_ledfw.py and test_bmcfw.py. The clients run in-process over the pty's master; the CLI runs as a
+subprocess and needs a path, so a relay thread joins the firmware's pty to a second pty whose slave path
+the command is given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import select
+import shutil
+import subprocess
+import sys
+import threading
+import time
+import tty
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from scalerunner.coordinator.serial import BmcClient, DeviceError, LedClient, PeerTimeout
+from scalerunner.protocol.enums import DeviceKind, ErrorCode, EventLevel, LedMode, PowerState
+from scalerunner.protocol.link import FdStream
+
+pytestmark = [pytest.mark.micropython, pytest.mark.slow, pytest.mark.timeout(60)]
+
+REPO = Path(__file__).resolve().parents[2]
+STEP = 5.0
+
+
+def micropython_binary() -> str:
+    found = shutil.which("micropython", path=str(Path(sys.executable).parent)) or shutil.which("micropython")
+    if found is None:
+        pytest.fail("the micropython unix port is not installed (make setup installs it)")
+    return found
+
+
+def mpy_path(firmware_dir: str) -> str:
+    # ".frozen" first: MICROPYPATH replaces the default path, and asyncio is a frozen module.
+    parts = [".frozen", firmware_dir, "scalerunner/protocol/mpy", "scalerunner/protocol"]
+    return os.pathsep.join(p if p == ".frozen" else str(REPO / p) for p in parts)
+
+
+def open_pty() -> tuple[int, int, str]:
+    master, slave = os.openpty()
+    tty.setraw(slave)
+    tty.setraw(master)
+    return master, slave, os.ttyname(slave)
+
+
+@dataclass
+class Firmware:
+    proc: subprocess.Popen[bytes]
+    master: int
+    slave: int
+    path: str
+    fds: list[int] = field(default_factory=list)
+
+    def stream(self) -> FdStream:
+        return FdStream(os.dup(self.master), f"pty:{self.path}")
+
+
+StartFirmware = Callable[[str], Firmware]
+
+
+@pytest.fixture
+def start_firmware() -> Iterator[StartFirmware]:
+    started: list[Firmware] = []
+
+    def start(kind: str) -> Firmware:
+        master, slave, path = open_pty()
+        if kind == "led":
+            argv = [str(REPO / "ledfw/main.py"), path, "600000"]  # host timeout: never lost in a test
+            env_path = mpy_path("ledfw")
+        else:
+            argv = [str(REPO / "bmc/main.py"), path, "min_off_ms=300"]
+            env_path = mpy_path("bmc")
+        proc = subprocess.Popen(
+            [micropython_binary(), *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MICROPYPATH": env_path},
+        )
+        fw = Firmware(proc, master, slave, path, [master, slave])
+        started.append(fw)
+        return fw
+
+    try:
+        yield start
+    finally:
+        for fw in started:
+            os.close(fw.master)  # the firmware exits by itself when the line closes
+            try:
+                fw.proc.communicate(timeout=STEP)
+            except subprocess.TimeoutExpired:
+                fw.proc.kill()
+                fw.proc.communicate()
+            for fd in fw.fds[1:]:
+                os.close(fd)
+
+
+@dataclass
+class Relay:
+    """Copies bytes both ways between a firmware's pty master and a second pty; ``path`` is that slave."""
+
+    path: str
+    stop: Callable[[], None]
+
+
+@pytest.fixture
+def relay() -> Iterator[Callable[[Firmware], Relay]]:
+    stops: list[Callable[[], None]] = []
+
+    def make(fw: Firmware) -> Relay:
+        master, slave, path = open_pty()
+        wake_r, wake_w = os.pipe()
+        done = threading.Event()
+
+        def pump() -> None:
+            pairs = {fw.master: master, master: fw.master}
+            while not done.is_set():
+                ready, _, _ = select.select([fw.master, master, wake_r], [], [], 1.0)
+                for fd in ready:
+                    if fd == wake_r:
+                        return
+                    try:
+                        data = os.read(fd, 65536)
+                    except OSError:
+                        continue
+                    view = memoryview(data)
+                    while view:
+                        try:
+                            view = view[os.write(pairs[fd], view) :]
+                        except BlockingIOError:
+                            time.sleep(0.001)
+                        except OSError:
+                            break
+
+        thread = threading.Thread(target=pump, daemon=True)
+        thread.start()
+
+        def stop() -> None:
+            done.set()
+            os.write(wake_w, b"x")
+            thread.join(STEP)
+            for fd in (wake_r, wake_w, master, slave):
+                os.close(fd)
+
+        stops.append(stop)
+        return Relay(path, stop)
+
+    try:
+        yield make
+    finally:
+        for stop in stops:
+            stop()
+
+
+def scalerunner(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO,
+    )
+
+
+CLI = "import sys; from scalerunner.cli import cli; sys.argv[0] = 'scalerunner'; cli()"
+
+
+# --- the clients -----------------------------------------------------------------------------------
+
+
+async def wait_led_mode(led: LedClient, mode: str) -> bytes:
+    deadline = time.monotonic() + STEP
+    while True:
+        st = await led.state()
+        if st.mode == mode:
+            return st.pixels
+        assert time.monotonic() < deadline, f"still {st.mode}, waiting for {mode}"
+        await asyncio.sleep(0.05)
+
+
+def test_led_client_hello_set_gauge_identify_state_and_an_error(start_firmware: StartFirmware) -> None:
+    fw = start_firmware("led")
+
+    async def scenario() -> None:
+        async with LedClient(fw.stream(), timeout=STEP) as led:
+            hello = await led.hello()
+            assert hello.kind == DeviceKind.LED and hello.uid
+            await wait_led_mode(led, "OFF")  # after the boot self-test
+            st = await led.set_mode(LedMode.SOLID, rgb=(0, 80, 0), brightness=255)
+            assert st.mode == "SOLID"
+            assert st.pixels[:3] != b"\0\0\0" and st.pixels[0::3] == bytes(
+                len(st.pixels) // 3
+            )  # green: no red
+            st = await led.set_mode("gauge")
+            assert st.mode == "GAUGE"
+            low = await led.gauge(0, 30.0)
+            high = await led.gauge(100, 30.0)
+            assert low.mode == high.mode == "GAUGE" and high.pixels != low.pixels
+            assert (await led.identify()).mode == "IDENTIFY"
+            assert (await led.off()).mode == "OFF"
+            assert (await led.state()).lost == 0
+            with pytest.raises(DeviceError) as err:
+                await led.set_mode(LedMode.SOLID, period_ms=1)  # below the firmware's minimum
+            assert err.value.code == ErrorCode.BAD_VALUE and fw.path in str(err.value)
+            assert (await led.state()).mode == "OFF"  # the refused command changed nothing
+
+    asyncio.run(scenario())
+
+
+def test_bmc_client_power_status_boot_mode_events_and_errors(start_firmware: StartFirmware) -> None:
+    fw = start_firmware("bmc")
+
+    async def scenario() -> None:
+        async with BmcClient(fw.stream(), timeout=STEP) as bmc:
+            hello = await bmc.hello()
+            assert hello.kind == DeviceKind.BMC
+            assert (await bmc.status()).power_state == PowerState.OFF
+            with pytest.raises(DeviceError) as err:
+                await bmc.power("reset")  # refused while off
+            assert err.value.code == ErrorCode.BUSY and fw.path in str(err.value)
+            await bmc.boot_mode("network")
+            await bmc.power("on")
+            deadline = time.monotonic() + STEP
+            while (st := await bmc.status()).power_state != PowerState.ON:
+                assert time.monotonic() < deadline, st
+                await asyncio.sleep(0.05)
+            assert 4.5 < st.rail_v < 5.5 and st.current_a > 0 and st.power_w > 0
+            entries = await bmc.events()
+            assert [e.index for e in entries] == list(range(len(entries)))
+            assert any("NETWORK" in e.text for e in entries)
+            assert any("-> ON:" in e.text and e.level == EventLevel.INFO for e in entries)
+            later = await bmc.events(since=entries[-1].index)
+            assert [e.index for e in later] == [entries[-1].index]
+            assert await bmc.events(since=entries[-1].index + 1) == []
+            with pytest.raises(DeviceError) as err:
+                await bmc.boot_mode(9)
+            assert err.value.code == ErrorCode.BAD_VALUE and "boot mode 9" in err.value.detail
+            assert (await bmc.status()).power_state == PowerState.ON
+
+    asyncio.run(scenario())
+
+
+def test_a_silent_port_times_out_naming_the_port() -> None:
+    master, slave, path = open_pty()
+
+    async def scenario() -> None:
+        async with BmcClient(path, timeout=0.5) as bmc:
+            with pytest.raises(PeerTimeout) as err:
+                await bmc.status()
+            assert path in str(err.value)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+# --- the commands ----------------------------------------------------------------------------------
+
+
+def test_bmc_commands_against_the_firmware(
+    start_firmware: StartFirmware, relay: Callable[[Firmware], Relay]
+) -> None:
+    port = relay(start_firmware("bmc")).path
+    r = scalerunner("bmc", "status", "--port", port, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["power_state"] == "OFF"
+    r = scalerunner("bmc", "power", "reset", "--port", port)
+    assert r.returncode == 1 and port in r.stderr and "BUSY" in r.stderr, r.stderr
+    r = scalerunner("bmc", "boot-mode", "usb", "--port", port)
+    assert r.returncode == 0, r.stderr
+    r = scalerunner("bmc", "power", "on", "--port", port, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["power_state"] in ("STARTING", "ON")
+    r = scalerunner("bmc", "events", "--port", port, "--json")
+    assert r.returncode == 0, r.stderr
+    entries = json.loads(r.stdout)
+    assert any("USB" in e["text"] for e in entries) and entries[0]["index"] == 0
+    r = scalerunner("bmc", "events", "--since", "1", "--port", port)
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == len(entries) - 1, r.stdout
+    r = scalerunner("bmc", "power", "sideways", "--port", port)
+    assert r.returncode == 2
+
+
+def test_led_commands_against_the_firmware(
+    start_firmware: StartFirmware, relay: Callable[[Firmware], Relay]
+) -> None:
+    port = relay(start_firmware("led")).path
+    r = scalerunner("led", "set", "solid", "--rgb", "0,0,200", "--port", port, "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["mode"] in ("SOLID", "SELFTEST")
+    r = scalerunner("led", "gauge", "40", "55.5", "--port", port)
+    assert r.returncode == 0, r.stderr
+    r = scalerunner("led", "state", "--port", port, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["mode"] == "SOLID", r.stdout + r.stderr
+    r = scalerunner("led", "set", "solid", "--rgb", "1,2", "--port", port)
+    assert r.returncode == 2
+
+
+def test_a_command_exits_3_naming_the_port_when_nothing_answers() -> None:
+    master, slave, path = open_pty()
+    try:
+        started = time.monotonic()
+        r = scalerunner("bmc", "status", "--port", path, "--timeout", "0.5", "--json")
+        assert r.returncode == 3 and path in r.stderr and r.stdout == "", r.stderr
+        assert time.monotonic() - started < 10
+        r = scalerunner("led", "state", "--port", "/nonexistent/tty", "--timeout", "0.5")
+        assert r.returncode == 3 and "/nonexistent/tty" in r.stderr
+    finally:
+        os.close(master)
+        os.close(slave)
