@@ -16,7 +16,7 @@ from .demo_control import control_plane
 from .fw import fw
 from .nodes import drain, events, identify, nodes, reboot, undrain
 from .proto import proto
-from .serial_cmds import bmc, led
+from .serial_cmds import bmc, console, led
 from .up import up
 
 
@@ -29,6 +29,7 @@ def cli() -> None:
 cli.add_command(proto)
 cli.add_command(bmc)
 cli.add_command(led)
+cli.add_command(console)
 cli.add_command(fw)
 for _cmd in (up, nodes, drain, undrain, identify, reboot, events):
     cli.add_command(_cmd)

@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
+import termios
+import tty
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import click
 
 from ..coordinator.serial import BmcClient, BmcStatus, DeviceError, LedClient, LedState
 from ..protocol.enums import BootMode, LedMode, PowerAction
 from ..protocol.errors import EncodeError, LinkError
+from ..protocol.link import FdStream
 from . import exits
 from .client import fail
 
@@ -178,3 +183,99 @@ def led_state(port: str, baud: int, timeout: float, as_json: bool) -> None:
     """The mode shown, how often the host was lost, and the pixel bytes."""
     st = _run(LedClient(port, baud=baud, timeout=timeout), lambda c: c.state())
     _show_led(st, as_json)
+
+
+# --- console -------------------------------------------------------------------------------------
+
+ESCAPE = 0x1D  # Ctrl-]
+
+
+async def _console_session(
+    bmc_client: BmcClient, stdin_fd: int, interactive: bool, linger: float, log: BinaryIO | None
+) -> None:
+    loop = asyncio.get_running_loop()
+    out = sys.stdout.buffer
+    stdin_done = asyncio.Event()
+
+    async def node_to_user() -> None:
+        while True:
+            data = await bmc_client.console.read()
+            out.write(data)
+            out.flush()
+            if log is not None:
+                log.write(data)
+                log.flush()
+
+    async def user_to_node() -> None:
+        stream = FdStream(os.dup(stdin_fd), "stdin", raw=False)
+        try:
+            while True:
+                data = await stream.read()
+                if not data:
+                    return
+                if interactive and ESCAPE in data:
+                    data = data[: data.index(ESCAPE)]
+                    if data:
+                        await bmc_client.console.write(data)
+                    return
+                await bmc_client.console.write(data)
+        finally:
+            await stream.close()
+            os.set_blocking(stdin_fd, True)
+            stdin_done.set()
+
+    async with bmc_client:
+        reader = loop.create_task(node_to_user())
+        writer = loop.create_task(user_to_node())
+        try:
+            await asyncio.wait({reader, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if writer.done():
+                writer.result()  # a console write that failed raises here
+                if not interactive:
+                    await asyncio.wait({reader}, timeout=linger)
+            if reader.done():
+                reader.result()
+        finally:
+            for task in (reader, writer):
+                task.cancel()
+            await asyncio.gather(reader, writer, return_exceptions=True)
+
+
+@click.command("console")
+@click.option("--port", required=True, help="The BMC's serial port (e.g. /dev/ttyACM1).")
+@click.option("--baud", type=int, default=115200, show_default=True)
+@click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option(
+    "--log", "log_path", type=click.Path(dir_okay=False), help="Also append the node's output here."
+)
+@click.option(
+    "--linger",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="With piped input: seconds to keep showing output after its end.",
+)
+def console(port: str, baud: int, timeout: float, log_path: str | None, linger: float) -> None:
+    """The node's serial console through its BMC. On a terminal: raw mode, Ctrl-] leaves. Piped input
+    is sent to the node, then output is shown for --linger seconds."""
+    stdin_fd = sys.stdin.fileno()
+    interactive = os.isatty(stdin_fd)
+    saved = termios.tcgetattr(stdin_fd) if interactive else None
+    log = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed below
+    try:
+        if interactive:
+            tty.setraw(stdin_fd, termios.TCSANOW)  # keep what was typed ahead
+            click.echo(f"console on {port}; Ctrl-] leaves\r", err=True)  # raw: no newline translation
+        client = BmcClient(port, baud=baud, timeout=timeout)
+        try:
+            asyncio.run(_console_session(client, stdin_fd, interactive, linger, log))
+        except LinkError as exc:
+            if saved is not None:
+                termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+                saved = None
+            fail(f"device not reachable: {exc}", exits.UNREACHABLE)
+    finally:
+        if saved is not None:
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+        if log is not None:
+            log.close()

@@ -66,20 +66,21 @@ class Firmware:
         return FdStream(os.dup(self.master), f"pty:{self.path}")
 
 
-StartFirmware = Callable[[str], Firmware]
+StartFirmware = Callable[..., Firmware]
 
 
 @pytest.fixture
 def start_firmware() -> Iterator[StartFirmware]:
     started: list[Firmware] = []
 
-    def start(kind: str) -> Firmware:
+    def start(kind: str, node: tuple[int, int, str] | None = None) -> Firmware:
+        """``node``: a pty (master, slave, path) for the BMC's node UART; the caller closes it."""
         master, slave, path = open_pty()
         if kind == "led":
             argv = [str(REPO / "ledfw/main.py"), path, "600000"]  # host timeout: never lost in a test
             env_path = mpy_path("ledfw")
         else:
-            argv = [str(REPO / "bmc/main.py"), path, "min_off_ms=300"]
+            argv = [str(REPO / "bmc/main.py"), path, *([node[2]] if node else []), "min_off_ms=300"]
             env_path = mpy_path("bmc")
         proc = subprocess.Popen(
             [micropython_binary(), *argv],
@@ -162,9 +163,10 @@ def relay() -> Iterator[Callable[[Firmware], Relay]]:
             stop()
 
 
-def scalerunner(*args: str) -> subprocess.CompletedProcess[str]:
+def scalerunner(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", CLI, *args],
+        input=stdin,
         capture_output=True,
         text=True,
         timeout=30,
@@ -320,3 +322,75 @@ def test_a_command_exits_3_naming_the_port_when_nothing_answers() -> None:
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_console_with_piped_input_reaches_the_node_and_shows_and_logs_its_answer(
+    start_firmware: StartFirmware, relay: Callable[[Firmware], Relay], tmp_path: Path
+) -> None:
+    node = open_pty()
+    port = relay(start_firmware("bmc", node=node)).path
+    done = threading.Event()
+    heard = bytearray()
+
+    def node_shell() -> None:  # the node: answers a line it receives
+        while not done.is_set():
+            ready, _, _ = select.select([node[0]], [], [], 0.1)
+            if ready:
+                heard.extend(os.read(node[0], 4096))
+                if b"ls\n" in heard:
+                    os.write(node[0], b"file-one\r\n")
+                    return
+
+    thread = threading.Thread(target=node_shell, daemon=True)
+    thread.start()
+    log = tmp_path / "console.log"
+    try:
+        r = scalerunner("console", "--port", port, "--log", str(log), "--linger", "2", stdin="ls\n")
+    finally:
+        done.set()
+        thread.join(STEP)
+        os.close(node[0])
+        os.close(node[1])
+    assert r.returncode == 0, r.stderr
+    assert b"ls\n" in heard
+    assert "file-one" in r.stdout
+    assert b"file-one" in log.read_bytes()
+
+
+def test_console_on_a_terminal_is_raw_and_ctrl_right_bracket_leaves(
+    start_firmware: StartFirmware, relay: Callable[[Firmware], Relay]
+) -> None:
+    node = open_pty()
+    port = relay(start_firmware("bmc", node=node)).path
+    term_master, term_slave = os.openpty()  # the user's terminal, in its normal (cooked) mode
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CLI, "console", "--port", port],
+        stdin=term_slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=REPO,
+    )
+    try:
+        assert proc.stderr is not None
+        assert b"Ctrl-] leaves" in proc.stderr.readline()
+        os.write(term_master, b"uname\r")
+        heard = b""
+        deadline = time.monotonic() + STEP
+        while b"uname\r" not in heard:
+            assert time.monotonic() < deadline, heard
+            ready, _, _ = select.select([node[0]], [], [], 0.1)
+            if ready:
+                heard += os.read(node[0], 4096)
+        os.write(node[0], b"Linux\r\n")
+        time.sleep(0.3)
+        os.write(term_master, b"\x1d")
+        out, err = proc.communicate(timeout=STEP)
+        assert proc.returncode == 0, err
+        assert b"Linux" in out
+        assert heard.endswith(b"uname\r")  # raw: no newline translation, and Ctrl-] not sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+        for fd in (term_master, term_slave, *node[:2]):
+            os.close(fd)
