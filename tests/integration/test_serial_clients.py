@@ -248,6 +248,8 @@ def test_bmc_client_power_status_boot_mode_events_and_errors(start_firmware: Sta
                 await bmc.boot_mode(9)
             assert err.value.code == ErrorCode.BAD_VALUE and "boot mode 9" in err.value.detail
             assert (await bmc.status()).power_state == PowerState.ON
+            with pytest.raises(ValueError, match="sideways"):
+                await bmc.power("sideways")  # refused before it is sent
 
     asyncio.run(scenario())
 

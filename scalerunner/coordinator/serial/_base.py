@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 import os
 import termios
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Self
+from typing import Self, TypeVar
 
 from ...protocol.enums import ErrorCode, MsgType
 from ...protocol.errors import LinkError, PeerTimeout
@@ -41,6 +42,20 @@ def open_port(path: str, baud: int) -> FdStream:
             raise
         raise LinkError(path, f"cannot set {baud} baud: {exc}") from exc
     return stream
+
+
+E = TypeVar("E", bound=enum.IntEnum)
+
+
+def enum_value(enum_cls: type[E], value: E | str | int) -> E:
+    """``value`` as a member of ``enum_cls``: a member, its number, or its name ("button-long")."""
+    try:
+        if isinstance(value, str):
+            return enum_cls[value.upper().replace("-", "_")]
+        return enum_cls(value)
+    except (KeyError, ValueError):
+        names = ", ".join(m.name.lower() for m in enum_cls)
+        raise ValueError(f"{value!r} is not a {enum_cls.__name__} ({names})") from None
 
 
 class DeviceError(CoordinatorError):
@@ -109,7 +124,11 @@ class DeviceClient:
         stream = open_port(self._port, self._baud) if isinstance(self._port, str) else self._port
         self.name = stream.name
         self._link = Link(stream)
-        await self._link.start()
+        try:
+            await self._link.start()
+        except BaseException:
+            await stream.close()
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:

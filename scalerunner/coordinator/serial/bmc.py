@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 from dataclasses import dataclass
 
 from ...protocol.enums import BootMode, EventLevel, MsgType, PowerAction, PowerState
 from ...protocol.errors import PeerTimeout
 from ...protocol.messages import Message
-from ._base import DeviceClient, _int, _str
+from ._base import DeviceClient, _int, _str, enum_value
 
 
 @dataclass(frozen=True)
@@ -50,11 +51,12 @@ class LogEntry:
         }
 
 
-def _enum(enum_cls: type[PowerAction] | type[BootMode], value: object) -> int:
-    if isinstance(value, str):
-        return int(enum_cls[value.upper().replace("-", "_")])
-    assert isinstance(value, int)
-    return int(value)
+def _number(enum_cls: type[PowerAction] | type[BootMode], value: object) -> int:
+    """A name or member, checked; a bare number goes to the device as is (it judges it)."""
+    if isinstance(value, int) and not isinstance(value, enum.IntEnum):
+        return value
+    assert isinstance(value, str | enum.IntEnum)
+    return int(enum_value(enum_cls, value))
 
 
 def _status(msg: Message) -> BmcStatus:
@@ -88,7 +90,7 @@ class BmcClient(DeviceClient):
 
     async def power(self, action: PowerAction | str | int) -> BmcStatus:
         """``action``: on, off, cycle, reset, button, button_long (or a PowerAction)."""
-        msg = Message.make("POWER", action=_enum(PowerAction, action))
+        msg = Message.make("POWER", action=_number(PowerAction, action))
         answer = await self._exchange(
             [msg, Message.make("STATUS_GET")], _is_status, refs={MsgType.POWER, MsgType.STATUS_GET}
         )
@@ -96,7 +98,7 @@ class BmcClient(DeviceClient):
 
     async def boot_mode(self, mode: BootMode | str | int) -> BmcStatus:
         """The boot mode for the next power-on: normal, network, usb, recovery (or a BootMode)."""
-        msg = Message.make("BOOT_MODE", mode=_enum(BootMode, mode))
+        msg = Message.make("BOOT_MODE", mode=_number(BootMode, mode))
         answer = await self._exchange(
             [msg, Message.make("STATUS_GET")], _is_status, refs={MsgType.BOOT_MODE, MsgType.STATUS_GET}
         )

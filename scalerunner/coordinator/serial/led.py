@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ...protocol.enums import LedMode, MsgType
 from ...protocol.messages import Message
-from ._base import DeviceClient, _str
+from ._base import DeviceClient, _str, enum_value
 
 EV_STATE = 0x0110  # the EVENT that answers STATUS_GET: "mode=NAME lost=N px=HEX"
 _STATE_RE = re.compile(r"mode=(\w+) lost=(\d+) px=([0-9a-fA-F]*)")
@@ -57,7 +57,7 @@ class LedClient(DeviceClient):
         brightness: int = 255,
         period_ms: int = 0,
     ) -> LedState:
-        mode_value = LedMode[mode.upper()] if isinstance(mode, str) else mode
+        mode_value = enum_value(LedMode, mode)
         r, g, b = rgb
         msg = Message.make(
             "LED_SET", mode=int(mode_value), r=r, g=g, b=b, brightness=brightness, period_ms=period_ms
