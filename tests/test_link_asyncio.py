@@ -392,3 +392,23 @@ def test_fd_stream_opens_a_pty_by_path() -> None:
             os.close(master)
 
     run(main())
+
+
+def test_open_serial_waits_on_an_idle_line_instead_of_reading_end_of_file() -> None:
+    from scalerunner.protocol.link import open_serial
+
+    master, slave = os.openpty()
+
+    async def body() -> bytes:
+        stream = open_serial(os.ttyname(slave), 115200)
+        try:
+            asyncio.get_running_loop().call_later(0.3, os.write, master, b"late")
+            return await stream.read()
+        finally:
+            await stream.close()
+
+    try:
+        assert run(body(), timeout=3) == b"late"
+    finally:
+        os.close(master)
+        os.close(slave)

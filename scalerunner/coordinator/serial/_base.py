@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import os
-import termios
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self, TypeVar
 
 from ...protocol.enums import ErrorCode, MsgType
-from ...protocol.errors import LinkError, PeerTimeout
-from ...protocol.link import ByteStream, FdStream, Link
+from ...protocol.errors import PeerTimeout
+from ...protocol.link import ByteStream, FdStream, Link, open_serial
 from ...protocol.messages import Message
 from ..errors import CoordinatorError
 
@@ -21,27 +19,8 @@ DEFAULT_TIMEOUT = 5.0
 
 
 def open_port(path: str, baud: int) -> FdStream:
-    """A serial port or pty by path, raw 8N1 at ``baud``.
-
-    (Not ``link.open_serial``: pyserial's ``timeout=0`` sets VMIN=0/VTIME=0, under which a read with no
-    data pending returns b"", which the link takes for end of file.)
-    """
-    stream = FdStream.open(path)  # raw mode: VMIN=1, so an idle line reads as EAGAIN
-    fd = stream.fileno
-    speed = getattr(termios, f"B{baud}", None)
-    try:
-        if speed is None:
-            raise LinkError(path, f"unsupported baud rate {baud}")
-        if os.isatty(fd):
-            attrs = termios.tcgetattr(fd)
-            attrs[4] = attrs[5] = speed
-            termios.tcsetattr(fd, termios.TCSANOW, attrs)
-    except (LinkError, termios.error) as exc:
-        os.close(fd)
-        if isinstance(exc, LinkError):
-            raise
-        raise LinkError(path, f"cannot set {baud} baud: {exc}") from exc
-    return stream
+    """A serial port or pty by path, raw 8N1 at ``baud``."""
+    return open_serial(path, baud)
 
 
 E = TypeVar("E", bound=enum.IntEnum)

@@ -151,7 +151,15 @@ def open_serial(path: str, baud: int = 115200) -> FdStream:
     except (serial.SerialException, ValueError) as exc:
         raise LinkError(path, f"cannot open serial port at {baud} baud: {exc}") from exc
     try:
+        # pyserial's timeout=0 means VMIN=0/VTIME=0, under which a read of an idle line returns b""
+        # (taken for end of file); VMIN=1 makes it EAGAIN on the non-blocking fd, as it should be.
+        attrs = termios.tcgetattr(port.fileno())
+        attrs[6][termios.VMIN], attrs[6][termios.VTIME] = 1, 0
+        termios.tcsetattr(port.fileno(), termios.TCSANOW, attrs)
         return FdStream(port.fileno(), path, raw=False, on_close=port.close)
+    except termios.error as exc:
+        port.close()
+        raise LinkError(path, f"cannot configure the serial port: {exc}") from exc
     except LinkError:
         port.close()
         raise
