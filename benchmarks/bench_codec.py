@@ -10,14 +10,13 @@ not an RP2040; its ratio to CPython, measured side by side, is the figure that c
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 from benchmarks.common import Figure
+from scalerunner.firmware import find_tool
 from scalerunner.protocol import LAYOUTS, FrameDecoder, Message, decode_body, encode_frame, layouts
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,7 +106,7 @@ def _mpy_case(msg: Message, seq: int, ack: int, flags: int) -> list[object]:
 
 
 def micropython_rates(sets: dict[str, list[Case]]) -> dict[str, float]:
-    mpy = shutil.which("micropython", path=str(Path(sys.executable).parent)) or shutil.which("micropython")
+    mpy = find_tool("micropython")
     if mpy is None:
         raise RuntimeError("micropython is not installed (make setup)")
     spec = {

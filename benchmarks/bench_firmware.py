@@ -30,10 +30,8 @@ import os
 import random
 import re
 import select
-import shutil
 import statistics
 import subprocess
-import sys
 import threading
 import time
 import tty
@@ -43,12 +41,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.common import Figure
+from scalerunner.firmware import find_tool, micropypath
 from scalerunner.protocol import Message, MsgType
 from scalerunner.protocol.link import Link
 from scalerunner.protocol.link.streams import FdStream
 
 REPO = Path(__file__).resolve().parents[1]
-PROTOCOL = [str(REPO / "scalerunner" / "protocol" / "mpy"), str(REPO / "scalerunner" / "protocol")]
 STEP = 10.0  # seconds any single exchange may take
 LINE_RATE = 115_200 / 10  # a real node UART at 115 200 8N1, bytes per second
 RING = 4096  # the BMC's console ring (bmc/console.py)
@@ -65,7 +63,7 @@ CAP = 102  # ledfw's brightness cap: a full channel renders as 102
 
 
 def micropython_binary() -> str:
-    found = shutil.which("micropython", path=str(Path(sys.executable).parent)) or shutil.which("micropython")
+    found = find_tool("micropython")
     if found is None:
         raise RuntimeError("the micropython unix port is not installed (make setup installs it)")
     return found
@@ -154,7 +152,7 @@ async def firmware(main: Path, *args: str, node: bool = False) -> AsyncIterator[
     """Run ``main`` under MicroPython on a fresh pty (and a node UART pty); always stopped at the end."""
     line, uart = Pty.open(), Pty.open()
     argv = [micropython_binary(), str(main), line.path, *([uart.path] if node else []), *args]
-    env = {**os.environ, "MICROPYPATH": os.pathsep.join([".frozen", str(main.parent), *PROTOCOL])}
+    env = {**os.environ, "MICROPYPATH": micropypath(main.parent)}
     try:
         proc = start(argv, env)
     except BaseException:

@@ -9,9 +9,7 @@ from __future__ import annotations
 import json
 import os
 import select
-import shutil
 import subprocess
-import sys
 import zlib
 from collections import Counter
 from collections.abc import Iterator
@@ -35,6 +33,7 @@ from scalerunner.protocol import (
     encode_frame,
     layouts,
 )
+from tests.mpy_support import micropython_binary
 from tests.strategies import message_of
 
 pytestmark = [pytest.mark.micropython, pytest.mark.slow]
@@ -43,13 +42,6 @@ REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "mpy" / "codec_driver.py"
 VECTORS = REPO / "scalerunner" / "protocol" / "vectors"
 ANSWER_TIMEOUT = 10.0
-
-
-def micropython_binary() -> str:
-    found = shutil.which("micropython", path=str(Path(sys.executable).parent)) or shutil.which("micropython")
-    if found is None:
-        pytest.fail("the micropython unix port is not installed (make setup installs it)")
-    return found
 
 
 class MpyCodec:

@@ -16,6 +16,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from scalerunner.firmware import find_tool
+
 REPO = Path(__file__).resolve().parents[1]
 PROTOCOL = REPO / "scalerunner" / "protocol"
 MPY_DIR = PROTOCOL / "mpy"
@@ -50,7 +52,7 @@ def sources() -> list[Path]:
 
 
 def tool(name: str) -> str:
-    found = shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+    found = find_tool(name)
     if found is None:
         sys.exit(f"check_mpy: {name} not found (make setup installs it)")
     return found

@@ -11,27 +11,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import shutil
 import sys
 import time
-from pathlib import Path
 
 import click
 from rich.console import Console
 from rich.table import Table
 
+from ..firmware import MPY_DIR, find_tool, micropypath
 from ..protocol import Frame, LedMode, Message, MsgType, PeerTimeout
 from ..protocol.link import Link, open_fd_stream
 from . import exits
 from .trace import describe_frame
-
-MPY_DIR = Path(__file__).resolve().parent.parent / "protocol" / "mpy"
-PROTOCOL_DIR = MPY_DIR.parent
-
-
-def find_micropython() -> str | None:
-    beside = Path(sys.executable).with_name("micropython")
-    return str(beside) if beside.exists() else shutil.which("micropython")
 
 
 async def _expect(link: Link, msg_type: MsgType, within: float = 5.0) -> Message:
@@ -47,7 +38,7 @@ async def _expect(link: Link, msg_type: MsgType, within: float = 5.0) -> Message
 async def run_demo(console: Console, micropython: str) -> int:
     master, slave = os.openpty()
     pts = os.ttyname(slave)
-    env = dict(os.environ, MICROPYPATH=f"{MPY_DIR}:{PROTOCOL_DIR}")
+    env = dict(os.environ, MICROPYPATH=micropypath())
     proc = await asyncio.create_subprocess_exec(
         micropython,
         str(MPY_DIR / "demo_peer.py"),
@@ -140,7 +131,7 @@ def _print_stats(console: Console, link: Link, hello: Message) -> None:
 def demo() -> None:
     """Run a live, decoded frame exchange with a MicroPython peer over a pty pair."""
     console = Console()
-    micropython = find_micropython()
+    micropython = find_tool("micropython")
     if micropython is None:
         console.print("[red]the MicroPython unix port is not installed (`make setup` installs it)[/red]")
         sys.exit(exits.UNREACHABLE)

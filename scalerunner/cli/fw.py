@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -10,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from ..firmware import FIRMWARES, SIZE_BUDGET, FirmwareError, build, deploy_command
+from ..firmware import FIRMWARES, SIZE_BUDGET, FirmwareError, build, deploy_command, find_tool
 from . import exits
 
 
@@ -44,7 +43,7 @@ def fw_build(firmware: str, out: Path) -> None:
 @click.option("--dry-run", is_flag=True, help="print the mpremote commands instead of running them")
 def fw_deploy(firmware: str, port: str, dry_run: bool) -> None:
     """Install FIRMWARE onto the RP2040 on PORT with mpremote, then reset the board."""
-    mpremote = shutil.which("mpremote", path=str(Path(sys.executable).parent)) or shutil.which("mpremote")
+    mpremote = find_tool("mpremote")
     with tempfile.TemporaryDirectory(prefix=f"scalerunner-{firmware}-") as tmp:
         try:
             built = build(firmware, Path(tmp))

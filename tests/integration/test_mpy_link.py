@@ -12,9 +12,7 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
-import sys
 import tty
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -37,6 +35,7 @@ from scalerunner.protocol import (
 )
 from scalerunner.protocol.link import Link
 from scalerunner.protocol.link.streams import FdStream
+from tests.mpy_support import micropython_binary, recv_type
 
 pytestmark = [pytest.mark.micropython, pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -44,13 +43,6 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO_PEER = REPO / "scalerunner" / "protocol" / "mpy" / "demo_peer.py"
 STEP = 5.0  # seconds any single exchange may take
 EV_DROPS = 0x0200  # demo_peer's EVENT code for "link drops"
-
-
-def micropython_binary() -> str:
-    found = shutil.which("micropython", path=str(Path(sys.executable).parent)) or shutil.which("micropython")
-    if found is None:
-        pytest.fail("the micropython unix port is not installed (make setup installs it)")
-    return found
 
 
 @dataclass
@@ -122,17 +114,6 @@ def exit_line(proc: subprocess.Popen[bytes]) -> str:
 
 def exit_counts(line: str) -> dict[str, int]:
     return {k: int(v) for k, v in re.findall(r"(\w+)=(\d+)", line)}
-
-
-async def recv_type(link: Link, msg_type: MsgType, seen: list[Message] | None = None) -> Message:
-    """The next message of ``msg_type``; others are kept in ``seen``."""
-    async with asyncio.timeout(STEP):
-        while True:
-            msg = await link.recv()
-            if msg.type == msg_type:
-                return msg
-            if seen is not None:
-                seen.append(msg)
 
 
 async def read_console(link: Link, port: int, n: int) -> bytes:

@@ -12,7 +12,6 @@ import asyncio
 import json
 import os
 import select
-import shutil
 import subprocess
 import sys
 import threading
@@ -25,8 +24,10 @@ from pathlib import Path
 import pytest
 
 from scalerunner.coordinator.serial import BmcClient, DeviceError, LedClient, PeerTimeout
+from scalerunner.firmware import micropypath
 from scalerunner.protocol.enums import DeviceKind, ErrorCode, EventLevel, LedMode, PowerState
 from scalerunner.protocol.link import FdStream
+from tests.mpy_support import micropython_binary
 
 pytestmark = [pytest.mark.micropython, pytest.mark.slow, pytest.mark.timeout(60)]
 
@@ -34,17 +35,8 @@ REPO = Path(__file__).resolve().parents[2]
 STEP = 5.0
 
 
-def micropython_binary() -> str:
-    found = shutil.which("micropython", path=str(Path(sys.executable).parent)) or shutil.which("micropython")
-    if found is None:
-        pytest.fail("the micropython unix port is not installed (make setup installs it)")
-    return found
-
-
 def mpy_path(firmware_dir: str) -> str:
-    # ".frozen" first: MICROPYPATH replaces the default path, and asyncio is a frozen module.
-    parts = [".frozen", firmware_dir, "scalerunner/protocol/mpy", "scalerunner/protocol"]
-    return os.pathsep.join(p if p == ".frozen" else str(REPO / p) for p in parts)
+    return micropypath(REPO / firmware_dir)
 
 
 def open_pty() -> tuple[int, int, str]:
