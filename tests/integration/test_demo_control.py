@@ -25,6 +25,5 @@ def test_control_plane_demo_brings_agents_online_drains_one_and_sees_one_lost() 
     assert "idle → draining" in out
     assert "idle → offline" in out  # demo-03's agent was killed: its Will arrived
     assert out.count("online → idle") == 3
-    assert "pgrep" not in out
     leftover = subprocess.run(["pgrep", "-f", "scalerunner-demo-"], capture_output=True, text=True)
     assert leftover.stdout == "", "the demo left a process behind"
