@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import click
 import httpx
 
+from ..atomic import atomic_write
 from . import exits
 
 
@@ -30,13 +31,7 @@ def write_endpoint(url: str, token: str, where: Path | None = None) -> Path:
     where = where or home()
     where.mkdir(parents=True, exist_ok=True)
     path = where / "api.json"
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"url": url, "token": token}, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, json.dumps({"url": url, "token": token}).encode())
     return path
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import uvicorn
 
 from .. import __version__
+from ..atomic import atomic_write
 from .api.app import create_app
 from .broker import ExternalBroker, ManagedBroker, TlsFiles
 from .errors import ConfigError
@@ -37,10 +38,7 @@ def load_token(state_dir: Path) -> str:
         return path.read_text().strip()
     token = secrets.token_urlsafe(32)
     state_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(token + "\n")
-    tmp.chmod(0o600)
-    tmp.replace(path)
+    atomic_write(path, (token + "\n").encode())
     return token
 
 

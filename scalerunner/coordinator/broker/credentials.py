@@ -25,11 +25,11 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
+from ...atomic import atomic_write, fsync_dir
 from ..errors import ConfigError, UnknownNode
 
 __all__ = [
     "CREDENTIALS_VERSION",
-    "atomic_write",
     "ensure_credentials",
     "load_credentials",
     "new_password",
@@ -45,24 +45,6 @@ log = logging.getLogger("scalerunner.coordinator.broker")
 def new_password() -> str:
     """32 URL-safe characters (192 random bits): no ':' and no newline, as mosquitto needs."""
     return secrets.token_urlsafe(24)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``path`` so that a crash leaves either the old or the new content, never a mix:
-    a temp file beside it (created with ``mode``), fsync, ``os.replace``, fsync the directory."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 def load_credentials(path: Path) -> Mapping[str, str]:
@@ -165,12 +147,4 @@ def write_password_file(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)

@@ -27,6 +27,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Protocol
 
+from ...atomic import atomic_write
 from ..errors import BrokerError, ConfigError, UnknownNode
 from .config import (
     COORDINATOR_USER,
@@ -39,7 +40,7 @@ from .config import (
     render_acl,
     render_conf,
 )
-from .credentials import atomic_write, ensure_credentials, load_credentials, write_password_file
+from .credentials import ensure_credentials, load_credentials, write_password_file
 
 __all__ = ["Broker", "ExternalBroker", "ManagedBroker", "restart_delay"]
 

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
+from ...atomic import fsync_dir
 from ..errors import StoreError
 from .base import Event, EventRecord, NodeRecord, TelemetryMinute
 
@@ -400,7 +401,7 @@ class SqliteStore:
         if not existed:
             # The new file's directory entry (and any directory made for it) must reach the disk too.
             for directory in [self.path.parent, *created]:
-                _fsync_dir(directory)
+                fsync_dir(directory)
         self._conn = conn
         log.info("store open", extra={"store": self.where, "schema": SCHEMA_VERSION})
 
@@ -517,14 +518,6 @@ def _make_dirs(directory: Path) -> list[Path]:
         d = d.parent
     directory.mkdir(parents=True, exist_ok=True)
     return [m.parent for m in missing]
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _lock(where: str, lock_path: Path) -> int:
