@@ -13,7 +13,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..protocol.mqtt import Command, NodeState
@@ -28,6 +28,9 @@ from .store import Event, NodeRecord, Store
 log = logging.getLogger("scalerunner.coordinator.nodes")
 
 CommandSender = Callable[[str, Command], Any]  # async (node, command) -> Reply
+# Carries out one kind of lifecycle action (power, the job queue, health checks): async (action) -> None.
+# It raises to say the action failed; the failure is recorded as an event naming the node.
+ActionHandler = Callable[[Any], Awaitable[None]]
 
 
 def to_store(rec: lc.NodeRecord) -> NodeRecord:
@@ -88,6 +91,15 @@ class NodeManager:
         self._names = {n.name for n in inventory.nodes}
         self._commanding: set[str] = set()  # nodes with an operator's drain/undrain in flight
         self._syncs: set[asyncio.Task[None]] = set()
+        self._handlers: dict[type, ActionHandler] = {}
+
+    def handle(self, kind: type, handler: ActionHandler) -> None:
+        """Let ``handler`` carry out lifecycle actions of type ``kind`` (``lc.SwitchPower``,
+        ``lc.PowerCycle``, ``lc.RequeueJobs``, ``lc.RunHealthCheck``). Each part registers its own
+        when the coordinator is composed; an action nobody handles is recorded as not carried out.
+        The handler is awaited inside the lifecycle step that asked for it (the ticker too), so one
+        that takes seconds (a power-cycle's off time) starts its own task and returns."""
+        self._handlers[kind] = handler
 
     def known(self, name: str) -> bool:
         return name in self._names
@@ -165,25 +177,29 @@ class NodeManager:
         return new
 
     async def _act(self, action: lc.Action) -> None:
-        # Power control, the job queue and health-check jobs arrive with their own parts; until then
-        # the need is recorded where an operator sees it.
         now = self.clock()
         what = type(action).__name__
         detail = getattr(action, "reason", "")
+        handler = self._handlers.get(type(action))
+        if handler is None:
+            # The need is recorded where an operator sees it.
+            await self._record_action(
+                action.node, what, f"{detail} (not carried out: no back end for it is configured)", now
+            )
+            log.warning(
+                "%s needs %s; no back end is configured", action.node, what, extra={"node": action.node}
+            )
+            return
+        try:
+            await handler(action)
+        except Exception as exc:  # a failed action is an event, never a crashed lifecycle step
+            await self._record_action(action.node, what, f"{detail} (failed: {exc})", self.clock())
+            log.warning("%s: %s failed: %s", action.node, what, exc, extra={"node": action.node})
+
+    async def _record_action(self, node: str, what: str, reason: str, at: float) -> None:
         await self.store.apply(
-            None,
-            [
-                Event(
-                    node=action.node,
-                    axis="action",
-                    old="",
-                    new=what,
-                    reason=f"{detail} (not carried out: no back end for it is configured)",
-                    at=now,
-                )
-            ],
+            None, [Event(node=node, axis="action", old="", new=what, reason=reason, at=at)]
         )
-        log.warning("%s needs %s; no back end is configured", action.node, what, extra={"node": action.node})
 
     async def _ticker(self) -> None:
         while True:

@@ -1,0 +1,1 @@
+"""Job runtimes on the node: one interface (base.py), a back end per file."""
