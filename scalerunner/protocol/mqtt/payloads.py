@@ -79,14 +79,142 @@ class Telemetry(_Base):
 class Command(_Base):
     """coordinator -> node on nodes/{node}/cmd (MQTT 5 response topic + correlation data)."""
 
-    cmd: Literal["drain", "undrain", "identify", "reboot", "run", "cancel"]
-    args: dict[str, Any] = {}
+    cmd: Literal["drain", "undrain", "identify", "reboot", "run", "cancel", "resend_log"]
+    args: dict[str, Any] = {}  # for run, cancel and resend_log: a RunJob, CancelJob or ResendLog
 
 
 class Reply(_Base):
     ok: bool
     error: str = ""
     result: dict[str, Any] = {}
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+# A job attempt's conversation: the coordinator sends ``run`` (args: RunJob) on the node's cmd
+# topic; the node replies (accepted or not), then publishes JobStatus (started, heartbeats that
+# renew the lease, finished) on nodes/{node}/jobs/{job}/status and its output as numbered
+# LogChunks on nodes/{node}/jobs/{job}/log. The coordinator asks for missing chunks with
+# ``resend_log`` (args: ResendLog) and stops an attempt with ``cancel`` (args: CancelJob).
+
+Attempt = Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)]
+ExitCode = Annotated[int, msgspec.Meta(ge=0, le=255)]
+LOG_CHUNK_CHARS = 8192  # text per chunk: even fully JSON-escaped it stays under MAX_PAYLOAD
+MAX_RESEND = 1024  # chunk numbers per resend_log request
+EnvName = Annotated[str, msgspec.Meta(pattern=r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z")]
+
+
+class RunJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """args of the ``run`` command: one attempt of one job. Exactly one of ``argv``/``script``.
+
+    ``image`` is an OCI reference ("" runs on the host's filesystem: process runtime only).
+    ``lease_s``: the node sends a heartbeat at least every ``lease_s / 3`` seconds; an attempt
+    not heard from for ``lease_s`` is failed by the coordinator. Artifacts matching ``artifacts``
+    (globs relative to the job's work directory) are PUT to ``{upload_url}/{name}`` with
+    ``Authorization: Bearer {upload_token}`` before the finished status is sent.
+    """
+
+    job: Name
+    attempt: Attempt
+    argv: list[str] | None = None
+    script: str | None = None
+    image: str = ""
+    env: dict[EnvName, str] = {}
+    cpus: Annotated[float, msgspec.Meta(gt=0, le=1024)] = 1.0
+    memory_mb: Annotated[int, msgspec.Meta(ge=1, le=MAX_INT)] = 256
+    timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 3600.0
+    artifacts: list[str] = []
+    lease_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    upload_url: str = ""
+    upload_token: str = ""
+
+    def __post_init__(self) -> None:
+        # msgspec turns a ValueError here into a ValidationError naming the payload
+        if (self.argv is None) == (self.script is None):
+            raise ValueError("exactly one of argv and script must be given")
+        if self.argv is not None and not self.argv:
+            raise ValueError("argv must not be empty")
+
+    def command(self) -> tuple[str, ...]:
+        """What to execute: the argv, or the script under /bin/sh -c."""
+        if self.argv is not None:
+            return tuple(self.argv)
+        return ("/bin/sh", "-c", self.script or "")
+
+
+class CancelJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """args of the ``cancel`` command: stop this attempt (kill everything it started)."""
+
+    job: Name
+    attempt: Attempt
+    reason: str = ""
+
+
+class ResendLog(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """args of the ``resend_log`` command: publish these chunks of the attempt again. The
+    reply's result is ``{"missing": [seq, ...]}``, the chunks the node no longer holds."""
+
+    job: Name
+    attempt: Attempt
+    seqs: Annotated[list[NonNeg], msgspec.Meta(min_length=1, max_length=MAX_RESEND)]
+
+
+class JobStatus(_Base):
+    """node -> coordinator on nodes/{node}/jobs/{job}/status (QoS 1).
+
+    ``phase``: ``started`` (the command is running), ``heartbeat`` (still running: renews the
+    lease), ``finished`` (with ``end``, ``exit_code`` and ``detail``). ``log_chunks`` is how many
+    chunks the attempt has published so far (numbered 0..log_chunks-1), so the coordinator can
+    see a gap at the tail too. ``end`` is ``exited``/``timeout``/``killed`` as the runtime saw
+    it, ``cancelled`` when a cancel command stopped it, ``fault`` when the node could not run
+    it at all (no image, runtime broken: not the job's fault). ``artifacts``: names uploaded.
+    """
+
+    node: Name
+    job: Name
+    attempt: Attempt
+    phase: Literal["started", "heartbeat", "finished"]
+    ts: float = 0.0
+    log_chunks: NonNeg = 0
+    end: Literal["exited", "timeout", "killed", "cancelled", "fault"] | None = None
+    exit_code: ExitCode | None = None
+    detail: str = ""
+    artifacts: list[str] = []
+
+    def __post_init__(self) -> None:
+        if (self.phase == "finished") != (self.end is not None):
+            raise ValueError("end is given exactly when phase is finished")
+        if self.end == "exited" and self.exit_code is None:
+            raise ValueError("an exited job needs its exit_code")
+
+
+class LogChunk(_Base):
+    """node -> coordinator on nodes/{node}/jobs/{job}/log (QoS 1): output numbered per attempt
+    from 0, in the order produced across both streams. Text is UTF-8 (invalid bytes replaced,
+    a character split across reads is kept whole for the next chunk)."""
+
+    node: Name
+    job: Name
+    attempt: Attempt
+    seq: NonNeg
+    stream: Literal["stdout", "stderr"]
+    data: Annotated[str, msgspec.Meta(max_length=LOG_CHUNK_CHARS)]
+    ts: float = 0.0
+
+
+A = TypeVar("A", RunJob, CancelJob, ResendLog)
+
+
+def command_args(command: Command, kind: type[A]) -> A:
+    """The typed args of a run, cancel or resend_log command; PayloadError names what is wrong."""
+    try:
+        return msgspec.convert(command.args, type=kind)
+    except msgspec.ValidationError as exc:
+        raise PayloadError(f"{command.cmd} args ({kind.__name__})", str(exc)) from exc
+
+
+def job_command(cmd: Literal["run", "cancel", "resend_log"], args: RunJob | CancelJob | ResendLog) -> Command:
+    """The Command that carries ``args``."""
+    return Command(cmd=cmd, args=msgspec.to_builtins(args))
 
 
 class CoordinatorState(_Base):
