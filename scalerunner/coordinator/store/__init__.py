@@ -11,7 +11,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import StoreError
 from ..inventory import sqlite_path
-from .base import Event, EventRecord, NodeRecord, Store, TelemetryMinute
+from .base import Event, EventRecord, NodeRecord, PowerSample, Store, TelemetryMinute
 from .sqlite import SCHEMA_VERSION, SqliteStore
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "Event",
     "EventRecord",
     "NodeRecord",
+    "PowerSample",
     "SqliteStore",
     "Store",
     "StoreError",

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Event", "EventRecord", "NodeRecord", "Store", "TelemetryMinute"]
+__all__ = ["Event", "EventRecord", "NodeRecord", "PowerSample", "Store", "TelemetryMinute"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,6 +84,15 @@ class TelemetryMinute:
     max_mem_used_mb: int
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PowerSample:
+    """The power a node drew at ``at`` (Unix time), read from its outlet."""
+
+    node: str
+    at: float
+    watts: float
+
+
 class Store(Protocol):
     """The coordinator's durable state. ``where`` names the database in errors and logs.
 
@@ -139,4 +148,17 @@ class Store(Protocol):
 
     async def prune_telemetry(self, before: float) -> int:
         """Forget the minutes that ended by ``before``; returns how many."""
+        ...
+
+    async def add_power_samples(self, samples: Sequence[PowerSample]) -> None:
+        """Record power samples in one transaction (a repeat of a node's time replaces it)."""
+        ...
+
+    async def power_samples(self, node: str, since: float, until: float) -> list[PowerSample]:
+        """``node``'s samples within [since, until] plus the nearest one on each side (so
+        energy can be interpolated at the window's edges), oldest first."""
+        ...
+
+    async def prune_power_samples(self, before: float) -> int:
+        """Forget the samples taken before ``before``; returns how many."""
         ...

@@ -31,7 +31,7 @@ import msgspec
 
 from ...atomic import fsync_dir
 from ..errors import StoreError
-from .base import Event, EventRecord, NodeRecord, TelemetryMinute
+from .base import Event, EventRecord, NodeRecord, PowerSample, TelemetryMinute
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
@@ -75,6 +75,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (node, minute)
         ) WITHOUT ROWID""",
         "CREATE INDEX telemetry_by_minute ON telemetry_minutes (minute)",
+    ),
+    (
+        """CREATE TABLE power_samples (
+            node TEXT NOT NULL,
+            at REAL NOT NULL,
+            watts REAL NOT NULL,
+            PRIMARY KEY (node, at)
+        ) WITHOUT ROWID""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -351,6 +359,47 @@ class SqliteStore:
                 ).rowcount
 
         return await self._run("prune telemetry", prune)
+
+    # -- power samples ------------------------------------------------------------------------
+
+    async def add_power_samples(self, samples: Sequence[PowerSample]) -> None:
+        rows = [(p.node, p.at, p.watts) for p in samples]
+        for p in samples:
+            if not (math.isfinite(p.at) and math.isfinite(p.watts) and 0 <= p.at <= _MAX_TS):
+                raise ValueError(f"power sample of {p.node} out of range: at {p.at}, watts {p.watts}")
+        if not rows:
+            return
+
+        def write(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.executemany(
+                    "INSERT OR REPLACE INTO power_samples (node, at, watts) VALUES (?, ?, ?)", rows
+                )
+
+        await self._run("add power samples", write)
+
+    async def power_samples(self, node: str, since: float, until: float) -> list[PowerSample]:
+        def read(conn: sqlite3.Connection) -> list[PowerSample]:
+            rows = conn.execute(
+                """SELECT at, watts FROM (
+                    SELECT at, watts FROM (SELECT at, watts FROM power_samples
+                        WHERE node = ? AND at < ? ORDER BY at DESC LIMIT 1)
+                    UNION ALL SELECT at, watts FROM power_samples WHERE node = ? AND at >= ? AND at <= ?
+                    UNION ALL SELECT at, watts FROM (SELECT at, watts FROM power_samples
+                        WHERE node = ? AND at > ? ORDER BY at LIMIT 1)
+                ) ORDER BY at""",
+                (node, since, node, since, until, node, until),
+            )
+            return [PowerSample(node=node, at=at, watts=watts) for at, watts in rows]
+
+        return await self._run(f"power samples of {node}", read)
+
+    async def prune_power_samples(self, before: float) -> int:
+        def prune(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                return conn.execute("DELETE FROM power_samples WHERE at < ?", (before,)).rowcount
+
+        return await self._run("prune power samples", prune)
 
     # -- the worker thread --------------------------------------------------------------------
 
