@@ -39,6 +39,7 @@ __all__ = [
     "ClusterConfig",
     "Inventory",
     "Node",
+    "PowerConfig",
     "RackPosition",
     "SnmpV2c",
     "SnmpV3",
@@ -140,6 +141,15 @@ class Timeouts(_Table, frozen=True, kw_only=True):
     telemetry_timeout: Seconds = 30.0  # silence after which a node counts as lost
 
 
+class PowerConfig(_Table, frozen=True, kw_only=True):
+    """Node power (docs/power.md): how often outlets are read for energy, and the cycle's timing."""
+
+    sample_interval: Seconds = 10.0  # per-outlet power read into the store
+    min_off: Annotated[float, msgspec.Meta(ge=0, le=600)] = 2.0  # a cycled node stays unpowered this long
+    off_timeout: Seconds = 10.0  # switched off to "not delivering power"
+    on_timeout: Seconds = 15.0  # switched on to "delivering power"
+
+
 class SnmpV2c(_Table, frozen=True, kw_only=True, tag_field="version", tag="2c"):
     community: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 
@@ -198,6 +208,7 @@ class Inventory(_Table, frozen=True, kw_only=True):
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
     timeouts: Timeouts = Timeouts()
+    power: PowerConfig = PowerConfig()
     switches: tuple[Switch, ...] = ()
     nodes: tuple[Node, ...] = ()
 
