@@ -1,6 +1,8 @@
-"""`scalerunner bmc ...` and `scalerunner led ...`: talk to a node's BMC or LED firmware over its serial port.
+"""`scalerunner bmc ...`, `scalerunner led ...` and `scalerunner console`: a node's BMC or LED firmware
+over its serial port, found by node name in the inventory (``--config``) or given with ``--port``.
 
-Exit codes: 0 ok, 1 the device answered ERROR, 2 usage, 3 the device did not answer (the port is named).
+Exit codes: 0 ok, 1 the device answered ERROR or the node is unknown, 2 usage or a node without that port,
+3 the device did not answer or its port cannot be opened (the port is named, and the node and file).
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import sys
 import termios
 import tty
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
 
 import click
 
+from ..coordinator.errors import ConfigError
 from ..coordinator.serial import BmcClient, BmcStatus, DeviceError, LedClient, LedState
+from ..coordinator.serial.ports import NodePortError, PortKey, node_port
 from ..protocol.enums import BootMode, LedMode, PowerAction
 from ..protocol.errors import EncodeError, LinkError
 from ..protocol.link import FdStream
@@ -25,6 +30,28 @@ from .client import fail
 
 T = TypeVar("T")
 C = TypeVar("C", BmcClient, LedClient)
+
+
+DEFAULT_CONFIG = Path("scalerunner.toml")
+
+
+def _target_options(port_help: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """NODE (looked up in --config) or --port: where the device is."""
+
+    def apply(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = click.argument("node", required=False)(fn)
+        fn = click.option("--port", help=f"{port_help}, instead of NODE: no inventory needed.")(fn)
+        fn = click.option(
+            "--config",
+            "-c",
+            type=click.Path(path_type=Path, dir_okay=False),
+            default=DEFAULT_CONFIG,
+            show_default=True,
+            help="The inventory in which NODE is looked up.",
+        )(fn)
+        return fn
+
+    return apply
 
 
 def _port_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -37,11 +64,36 @@ def _port_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         help="Seconds to wait for the device's answer.",
     )(fn)
     fn = click.option("--baud", type=int, default=115200, show_default=True)(fn)
-    fn = click.option("--port", required=True, help="The device's serial port (e.g. /dev/ttyACM0).")(fn)
     return fn
 
 
-def _run(client: C, action: Callable[[C], Awaitable[T]]) -> T:
+def _bmc_target(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return _target_options("The BMC's serial port (e.g. /dev/ttyACM1)")(fn)
+
+
+def _led_target(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return _target_options("The LED indicator's serial port (e.g. /dev/ttyACM0)")(fn)
+
+
+def _resolve(node: str | None, port: str | None, config: Path, key: PortKey) -> tuple[str, str]:
+    """The port to open and how to name it in errors: ``--port`` as given, or NODE's ``key`` in ``config``."""
+    if (node is None) == (port is None):
+        fail("give a NODE (looked up in --config) or --port PORT, not both", exits.USAGE)
+    if port is not None:
+        return port, port
+    assert node is not None
+    from ..coordinator.inventory import load_inventory
+
+    try:
+        found = node_port(load_inventory(config), node, key, str(config))
+    except ConfigError as exc:
+        fail(str(exc), exits.USAGE)
+    except NodePortError as exc:
+        fail(str(exc), exits.FAILED if exc.key is None else exits.USAGE)
+    return found.port, found.describe()
+
+
+def _run(client: C, action: Callable[[C], Awaitable[T]], where: str) -> T:
     async def go() -> T:
         async with client:
             return await action(client)
@@ -49,11 +101,16 @@ def _run(client: C, action: Callable[[C], Awaitable[T]]) -> T:
     try:
         return asyncio.run(go())
     except DeviceError as exc:
-        fail(str(exc), exits.FAILED)
+        fail(_named(str(exc), where), exits.FAILED)
     except LinkError as exc:
-        fail(f"device not reachable: {exc}", exits.UNREACHABLE)
+        fail(f"device not reachable: {_named(str(exc), where)}", exits.UNREACHABLE)
     except EncodeError as exc:
         fail(str(exc), exits.USAGE)
+
+
+def _named(message: str, where: str) -> str:
+    """``message`` (which names the port) prefixed with the node and inventory file, if there are any."""
+    return message if message.startswith(where) else f"{where}: {message}"
 
 
 def _choices(enum_cls: type[PowerAction] | type[BootMode] | type[LedMode]) -> click.Choice[str]:
@@ -87,36 +144,52 @@ def bmc() -> None:
 
 @bmc.command("status")
 @_port_options
-def bmc_status(port: str, baud: int, timeout: float, as_json: bool) -> None:
-    """Power state, rail voltage, current, power and temperature."""
-    st = _run(BmcClient(port, baud=baud, timeout=timeout), lambda c: c.status())
+@_bmc_target
+def bmc_status(
+    node: str | None, port: str | None, config: Path, baud: int, timeout: float, as_json: bool
+) -> None:
+    """Power state, rail voltage, current, power and temperature of NODE's BMC."""
+    path, where = _resolve(node, port, config, "bmc_port")
+    st = _run(BmcClient(path, baud=baud, timeout=timeout), lambda c: c.status(), where)
     _show_status(st, as_json)
 
 
 @bmc.command("power")
 @click.argument("action", type=_choices(PowerAction))
 @_port_options
-def bmc_power(action: str, port: str, baud: int, timeout: float, as_json: bool) -> None:
-    """Power ACTION: on, off, cycle, reset, button, button-long. Prints the status afterwards."""
-    st = _run(BmcClient(port, baud=baud, timeout=timeout), lambda c: c.power(action))
+@_bmc_target
+def bmc_power(
+    action: str, node: str | None, port: str | None, config: Path, baud: int, timeout: float, as_json: bool
+) -> None:
+    """Power ACTION on NODE: on, off, cycle, reset, button, button-long. Prints the status afterwards."""
+    path, where = _resolve(node, port, config, "bmc_port")
+    st = _run(BmcClient(path, baud=baud, timeout=timeout), lambda c: c.power(action), where)
     _show_status(st, as_json)
 
 
 @bmc.command("boot-mode")
 @click.argument("mode", type=_choices(BootMode))
 @_port_options
-def bmc_boot_mode(mode: str, port: str, baud: int, timeout: float, as_json: bool) -> None:
-    """Select the boot MODE for the next power-on: normal, network, usb, recovery."""
-    st = _run(BmcClient(port, baud=baud, timeout=timeout), lambda c: c.boot_mode(mode))
+@_bmc_target
+def bmc_boot_mode(
+    mode: str, node: str | None, port: str | None, config: Path, baud: int, timeout: float, as_json: bool
+) -> None:
+    """Select NODE's boot MODE for the next power-on: normal, network, usb, recovery."""
+    path, where = _resolve(node, port, config, "bmc_port")
+    st = _run(BmcClient(path, baud=baud, timeout=timeout), lambda c: c.boot_mode(mode), where)
     _show_status(st, as_json)
 
 
 @bmc.command("events")
 @click.option("--since", type=click.IntRange(0, 0xFFFF), default=0, show_default=True)
 @_port_options
-def bmc_events(since: int, port: str, baud: int, timeout: float, as_json: bool) -> None:
-    """The BMC's logged events with index >= --since, oldest first."""
-    entries = _run(BmcClient(port, baud=baud, timeout=timeout), lambda c: c.events(since))
+@_bmc_target
+def bmc_events(
+    since: int, node: str | None, port: str | None, config: Path, baud: int, timeout: float, as_json: bool
+) -> None:
+    """NODE's BMC event log: the events with index >= --since, oldest first."""
+    path, where = _resolve(node, port, config, "bmc_port")
+    entries = _run(BmcClient(path, baud=baud, timeout=timeout), lambda c: c.events(since), where)
     if as_json:
         click.echo(json.dumps([e.as_dict() for e in entries]))
         return
@@ -151,19 +224,23 @@ def led() -> None:
     "--period-ms", type=click.IntRange(0, 0xFFFF), default=0, help="Blink/breathe period (0: default)."
 )
 @_port_options
+@_led_target
 def led_set(
     mode: str,
     rgb: tuple[int, int, int],
     brightness: int,
     period_ms: int,
-    port: str,
+    node: str | None,
+    port: str | None,
+    config: Path,
     baud: int,
     timeout: float,
     as_json: bool,
 ) -> None:
-    """Show MODE: off, solid, blink, breathe, gauge, identify, alert. Prints the state afterwards."""
-    client = LedClient(port, baud=baud, timeout=timeout)
-    st = _run(client, lambda c: c.set_mode(mode, rgb=rgb, brightness=brightness, period_ms=period_ms))
+    """Show MODE on NODE's LEDs: off, solid, blink, breathe, gauge, identify, alert. Prints the state."""
+    path, where = _resolve(node, port, config, "led_port")
+    client = LedClient(path, baud=baud, timeout=timeout)
+    st = _run(client, lambda c: c.set_mode(mode, rgb=rgb, brightness=brightness, period_ms=period_ms), where)
     _show_led(st, as_json)
 
 
@@ -171,17 +248,32 @@ def led_set(
 @click.argument("load", type=click.IntRange(0, 100))
 @click.argument("temp", type=float)
 @_port_options
-def led_gauge(load: int, temp: float, port: str, baud: int, timeout: float, as_json: bool) -> None:
-    """Feed the gauge: LOAD in percent, TEMP in °C (shown in mode gauge)."""
-    st = _run(LedClient(port, baud=baud, timeout=timeout), lambda c: c.gauge(load, temp))
+@_led_target
+def led_gauge(
+    load: int,
+    temp: float,
+    node: str | None,
+    port: str | None,
+    config: Path,
+    baud: int,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Feed NODE's gauge: LOAD in percent, TEMP in °C (shown in mode gauge)."""
+    path, where = _resolve(node, port, config, "led_port")
+    st = _run(LedClient(path, baud=baud, timeout=timeout), lambda c: c.gauge(load, temp), where)
     _show_led(st, as_json)
 
 
 @led.command("state")
 @_port_options
-def led_state(port: str, baud: int, timeout: float, as_json: bool) -> None:
-    """The mode shown, how often the host was lost, and the pixel bytes."""
-    st = _run(LedClient(port, baud=baud, timeout=timeout), lambda c: c.state())
+@_led_target
+def led_state(
+    node: str | None, port: str | None, config: Path, baud: int, timeout: float, as_json: bool
+) -> None:
+    """What NODE's LEDs show: the mode, how often the host was lost, and the pixel bytes."""
+    path, where = _resolve(node, port, config, "led_port")
+    st = _run(LedClient(path, baud=baud, timeout=timeout), lambda c: c.state(), where)
     _show_led(st, as_json)
 
 
@@ -242,7 +334,7 @@ async def _console_session(
 
 
 @click.command("console")
-@click.option("--port", required=True, help="The BMC's serial port (e.g. /dev/ttyACM1).")
+@_bmc_target
 @click.option("--baud", type=int, default=115200, show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
 @click.option(
@@ -255,9 +347,18 @@ async def _console_session(
     show_default=True,
     help="With piped input: seconds to keep showing output after its end.",
 )
-def console(port: str, baud: int, timeout: float, log_path: str | None, linger: float) -> None:
-    """The node's serial console through its BMC. On a terminal: raw mode, Ctrl-] leaves. Piped input
+def console(
+    node: str | None,
+    port: str | None,
+    config: Path,
+    baud: int,
+    timeout: float,
+    log_path: str | None,
+    linger: float,
+) -> None:
+    """NODE's serial console through its BMC. On a terminal: raw mode, Ctrl-] leaves. Piped input
     is sent to the node, then output is shown for --linger seconds."""
+    path, where = _resolve(node, port, config, "bmc_port")
     stdin_fd = sys.stdin.fileno()
     interactive = os.isatty(stdin_fd)
     saved = termios.tcgetattr(stdin_fd) if interactive else None
@@ -265,15 +366,15 @@ def console(port: str, baud: int, timeout: float, log_path: str | None, linger: 
     try:
         if interactive:
             tty.setraw(stdin_fd, termios.TCSANOW)  # keep what was typed ahead
-            click.echo(f"console on {port}; Ctrl-] leaves\r", err=True)  # raw: no newline translation
-        client = BmcClient(port, baud=baud, timeout=timeout)
+            click.echo(f"console of {where}; Ctrl-] leaves\r", err=True)  # raw: no newline translation
+        client = BmcClient(path, baud=baud, timeout=timeout)
         try:
             asyncio.run(_console_session(client, stdin_fd, interactive, linger, log))
         except LinkError as exc:
             if saved is not None:
                 termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
                 saved = None
-            fail(f"device not reachable: {exc}", exits.UNREACHABLE)
+            fail(f"device not reachable: {_named(str(exc), where)}", exits.UNREACHABLE)
     finally:
         if saved is not None:
             termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)

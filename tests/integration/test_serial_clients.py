@@ -155,14 +155,14 @@ def relay() -> Iterator[Callable[[Firmware], Relay]]:
             stop()
 
 
-def scalerunner(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def scalerunner(*args: str, stdin: str = "", cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-c", CLI, *args],
         input=stdin,
         capture_output=True,
         text=True,
         timeout=30,
-        cwd=REPO,
+        cwd=cwd,
     )
 
 
@@ -376,11 +376,16 @@ def test_console_on_a_terminal_is_raw_and_ctrl_right_bracket_leaves(
             if ready:
                 heard += os.read(node[0], 4096)
         os.write(node[0], b"Linux\r\n")
-        time.sleep(0.3)
+        assert proc.stdout is not None
+        out = b""
+        while b"Linux" not in out:  # shown before the user leaves (a fixed sleep was flaky under load)
+            assert time.monotonic() < deadline + STEP, out
+            ready, _, _ = select.select([proc.stdout], [], [], 0.1)
+            if ready:
+                out += os.read(proc.stdout.fileno(), 4096)
         os.write(term_master, b"\x1d")
-        out, err = proc.communicate(timeout=STEP)
+        _, err = proc.communicate(timeout=STEP)
         assert proc.returncode == 0, err
-        assert b"Linux" in out
         assert heard.endswith(b"uname\r")  # raw: no newline translation, and Ctrl-] not sent
     finally:
         if proc.poll() is None:
@@ -388,3 +393,78 @@ def test_console_on_a_terminal_is_raw_and_ctrl_right_bracket_leaves(
             proc.communicate()
         for fd in (term_master, term_slave, *node[:2]):
             os.close(fd)
+
+
+# --- by node name, from the inventory --------------------------------------------------------------
+
+INVENTORY = """
+[cluster]
+name = "desk"
+
+[[nodes]]
+name = "n1"
+mac = "02:00:00:00:00:01"
+arch = "arm64"
+bmc_port = "{bmc}"
+led_port = "{led}"
+
+[[nodes]]
+name = "bare"
+mac = "02:00:00:00:00:02"
+arch = "arm64"
+
+[[nodes]]
+name = "unplugged"
+mac = "02:00:00:00:00:03"
+arch = "arm64"
+bmc_port = "/dev/scalerunner-test-no-such-tty"
+"""
+
+
+def test_commands_find_the_node_s_ports_in_the_inventory_and_name_node_and_file_in_errors(
+    start_firmware: StartFirmware, relay: Callable[[Firmware], Relay], tmp_path: Path
+) -> None:
+    node = open_pty()
+    bmc_port = relay(start_firmware("bmc", node=node)).path
+    led_port = relay(start_firmware("led")).path
+    inv = tmp_path / "scalerunner.toml"
+    inv.write_text(INVENTORY.format(bmc=bmc_port, led=led_port))
+    try:
+        r = scalerunner("bmc", "power", "on", "n1", "-c", str(inv), "--json")
+        assert r.returncode == 0, r.stderr
+        assert json.loads(r.stdout)["power_state"] in ("STARTING", "ON")
+        r = scalerunner("bmc", "events", "n1", "--config", str(inv), "--json")
+        assert r.returncode == 0 and any("-> STARTING" in e["text"] for e in json.loads(r.stdout)), r.stderr
+        # the default inventory is ./scalerunner.toml
+        r = scalerunner("led", "set", "identify", "n1", "--json", cwd=tmp_path)
+        assert r.returncode == 0 and json.loads(r.stdout)["mode"] in ("IDENTIFY", "SELFTEST"), r.stderr
+        r = scalerunner("led", "state", "n1", "--json", cwd=tmp_path)
+        assert r.returncode == 0 and json.loads(r.stdout)["mode"] == "IDENTIFY", r.stderr
+        r = scalerunner("console", "n1", "-c", str(inv), "--linger", "0.5", stdin="whoami\n")
+        assert r.returncode == 0, r.stderr
+        heard = b""
+        deadline = time.monotonic() + STEP
+        while b"whoami\n" not in heard:  # the BMC of n1 passed it to the node's UART
+            assert time.monotonic() < deadline, heard
+            ready, _, _ = select.select([node[0]], [], [], 0.1)
+            if ready:
+                heard += os.read(node[0], 4096)
+    finally:
+        os.close(node[0])
+        os.close(node[1])
+    # errors name the node and the inventory file
+    r = scalerunner("bmc", "status", "n9", "-c", str(inv))
+    assert r.returncode == 1 and "'n9'" in r.stderr and str(inv) in r.stderr and "n1, bare" in r.stderr
+    for cmd in (("bmc", "status"), ("console",)):
+        r = scalerunner(*cmd, "bare", "-c", str(inv))
+        assert r.returncode == 2 and "(bare) has no bmc_port" in r.stderr and str(inv) in r.stderr, r.stderr
+    r = scalerunner("led", "state", "bare", "-c", str(inv))
+    assert r.returncode == 2 and "(bare) has no led_port" in r.stderr, r.stderr
+    r = scalerunner("bmc", "status", "unplugged", "-c", str(inv), "--timeout", "0.5")
+    assert r.returncode == 3, r.stderr
+    assert f"node unplugged (bmc_port /dev/scalerunner-test-no-such-tty in {inv})" in r.stderr
+    r = scalerunner("bmc", "status", "n1", "-c", str(tmp_path / "absent.toml"))
+    assert r.returncode == 2 and "absent.toml" in r.stderr and "cannot read" in r.stderr
+    for args in (("n1", "-c", str(inv), "--port", bmc_port), ()):
+        r = scalerunner("bmc", "status", *args)
+        assert r.returncode == 2 and "NODE" in r.stderr and "--port" in r.stderr
