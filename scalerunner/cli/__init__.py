@@ -17,6 +17,7 @@ from .fw import fw
 from .nodes import drain, events, identify, nodes, reboot, undrain
 from .proto import proto
 from .serial_cmds import bmc, console, led
+from .sim import sim
 from .up import up
 
 
@@ -31,6 +32,7 @@ cli.add_command(bmc)
 cli.add_command(led)
 cli.add_command(console)
 cli.add_command(fw)
+cli.add_command(sim)
 for _cmd in (up, nodes, drain, undrain, identify, reboot, events):
     cli.add_command(_cmd)
 
