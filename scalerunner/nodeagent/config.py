@@ -25,6 +25,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from ..protocol.mqtt import TopicError, check_name
+from .runtime import RUNTIMES
 
 DEFAULT_CMDLINE = Path("/proc/cmdline")
 DEFAULT_STATE_DIR = Path("/var/lib/scalerunner")
@@ -78,6 +79,9 @@ class AgentConfig:
     password_file: Path | None = None
     coordinator_url: str | None = None
     bootstrap_token: str | None = None
+    job_runtime: str = "process"  # [jobs] runtime: the registry name in nodeagent/runtime
+    job_dir: Path | None = None  # [jobs] dir; None: <state_dir>/jobs
+    job_keep_logs: float = 3600.0  # [jobs] keep_logs: seconds a finished attempt's log stays resendable
 
 
 # -- the file's layout, validated by msgspec ---------------------------------------------
@@ -109,6 +113,12 @@ class _Capacity(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     slots: Annotated[int, msgspec.Meta(ge=0)] = 1
 
 
+class _Jobs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    runtime: Annotated[str, msgspec.Meta(min_length=1)] = "process"
+    dir: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    keep_logs: Annotated[float, msgspec.Meta(ge=0, le=30 * 86400)] = 3600.0
+
+
 class _File(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cluster: str
     node: str | None = None
@@ -119,6 +129,7 @@ class _File(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     broker: _Broker = msgspec.field(default_factory=_Broker)
     telemetry: _Telemetry = msgspec.field(default_factory=_Telemetry)
     capacity: _Capacity = msgspec.field(default_factory=_Capacity)
+    jobs: _Jobs = msgspec.field(default_factory=_Jobs)
 
 
 _AT = re.compile(r"^(?P<detail>.*) - at `\$(?P<path>[^`]*)`$")
@@ -257,6 +268,12 @@ def _from_mapping(data: Mapping[str, Any], *, source: str, boot: BootParams, bas
     def path(value: str | None) -> Path | None:
         return None if value is None else base_dir / Path(value).expanduser()
 
+    if f.jobs.runtime not in RUNTIMES:
+        raise ConfigError(
+            source,
+            "jobs.runtime",
+            f"unknown runtime {f.jobs.runtime!r}, expected one of {', '.join(RUNTIMES)}",
+        )
     tls_ca = path(b.tls_ca)
     return AgentConfig(
         source=source,
@@ -281,6 +298,9 @@ def _from_mapping(data: Mapping[str, Any], *, source: str, boot: BootParams, bas
         password_file=path(b.password_file),
         coordinator_url=boot.url,
         bootstrap_token=boot.token,
+        job_runtime=f.jobs.runtime,
+        job_dir=path(f.jobs.dir),
+        job_keep_logs=f.jobs.keep_logs,
     )
 
 

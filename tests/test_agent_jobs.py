@@ -1,0 +1,191 @@
+"""The node's job executor core: admission, the finished status, the log spool, artifact selection."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from scalerunner.nodeagent.config import ConfigError, parse_config
+from scalerunner.nodeagent.jobs import LogSpool, admit, finished_status, select
+from scalerunner.nodeagent.runtime import make_runtime
+from scalerunner.nodeagent.runtime.base import JobEnd, JobResult
+from scalerunner.protocol.mqtt import LOG_CHUNK_CHARS, Capacity, JobStatus, LogChunk, RunJob, decode, encode
+
+CAP = Capacity(cpus=4, memory_mb=4096, slots=2)
+
+
+def run(job: str = "j1", cpus: float = 1.0, memory_mb: int = 256) -> RunJob:
+    return RunJob(job=job, attempt=1, argv=["true"], cpus=cpus, memory_mb=memory_mb)
+
+
+# -- admission ------------------------------------------------------------------------------------
+
+
+def test_admit_takes_a_job_that_fits() -> None:
+    assert admit("n1", run(), [run("j0")], CAP, draining=False) is None
+
+
+@pytest.mark.parametrize(
+    ("new", "busy", "cap", "draining", "says"),
+    [
+        (run(), [], CAP, True, "node n1 is draining, cannot accept job j1 attempt 1"),
+        (run(), [run("a"), run("b")], CAP, False, "all 2 job slots busy"),
+        (run(cpus=2), [run("a", cpus=3)], CAP, False, "has 4 cpus, 5 would be in use"),
+        (run(memory_mb=4000), [run("a")], CAP, False, "has 4096 MB, 4256 MB would be in use"),
+        (run(), [], Capacity(cpus=1, memory_mb=1, slots=0), False, "has no job slots"),
+        (run(), [], None, False, "does not know its capacity"),
+    ],
+)
+def test_admit_refuses_with_a_reason_naming_node_and_job(
+    new: RunJob, busy: list[RunJob], cap: Capacity | None, draining: bool, says: str
+) -> None:
+    why = admit("n1", new, busy, cap, draining=draining)
+    assert why is not None and says in why and "n1" in why and "j1" in why
+
+
+@given(st.lists(st.floats(0.1, 4), max_size=5), st.floats(0.1, 4))
+def test_admit_never_oversubscribes_cpus(busy: list[float], new: float) -> None:
+    cap = Capacity(cpus=4, memory_mb=10**6, slots=10)
+    ok = admit("n1", run(cpus=new), [run(f"b{i}", cpus=c) for i, c in enumerate(busy)], cap, draining=False)
+    assert (ok is None) == (sum(busy) + new <= 4 + 1e-9)
+
+
+# -- finished status --------------------------------------------------------------------------------
+
+
+def test_finished_status_carries_exit_code_end_and_notes() -> None:
+    s = finished_status(
+        "n1",
+        run(),
+        JobResult(JobEnd.EXITED, 3),
+        ts=1.0,
+        log_chunks=7,
+        uploaded=["out.txt"],
+        notes=["artifact glob 'x' matched nothing"],
+    )
+    back = decode(encode(s), JobStatus)  # what the coordinator will read is a valid payload
+    assert (back.phase, back.end, back.exit_code, back.log_chunks) == ("finished", "exited", 3, 7)
+    assert back.artifacts == ["out.txt"] and "matched nothing" in back.detail
+
+
+def test_finished_status_timeout_cancel_and_fault() -> None:
+    t = finished_status("n1", run(), JobResult(JobEnd.TIMEOUT, 124, "timeout after 1 s"), ts=0, log_chunks=0)
+    assert (t.end, t.exit_code) == ("timeout", 124)
+    c = finished_status("n1", run(), None, ts=0, log_chunks=2, cancelled="user asked")
+    assert (c.end, c.detail) == ("cancelled", "cancelled: user asked")
+    f = finished_status("n1", run(), None, ts=0, log_chunks=0, fault="job j1: no image")
+    assert (f.end, f.detail) == ("fault", "job j1: no image")
+    for s in (t, c, f):
+        decode(encode(s), JobStatus)
+
+
+# -- log spool ----------------------------------------------------------------------------------------
+
+
+def chunks(spool: LogSpool) -> list[LogChunk]:
+    out = []
+    for seq in range(spool.count):
+        data = spool.chunk(seq)
+        assert data is not None
+        out.append(decode(data, LogChunk))
+    return out
+
+
+@given(
+    writes=st.lists(st.tuples(st.sampled_from(["stdout", "stderr"]), st.text(max_size=200)), max_size=20),
+    cut=st.integers(0, 5),
+)
+def test_spool_round_trips_text_split_anywhere(
+    tmp_path_factory: pytest.TempPathFactory, writes: list[tuple[str, str]], cut: int
+) -> None:
+    path = tmp_path_factory.mktemp("spool") / "log.spool"
+    spool = LogSpool(path, node="n1", job="j1", attempt=2, clock=lambda: 5.0, chunk_chars=50)
+    for stream, text in writes:
+        data = text.encode()
+        k = min(cut, len(data))
+        spool.feed(stream, data[:k])  # type: ignore[arg-type]
+        spool.feed(stream, data[k:])  # type: ignore[arg-type]
+    spool.close()
+    got = chunks(spool)
+    assert [c.seq for c in got] == list(range(spool.count))
+    assert all(len(c.data) <= 50 and c.attempt == 2 for c in got)
+    for stream in ("stdout", "stderr"):
+        expect = "".join(t for s, t in writes if s == stream)
+        assert "".join(c.data for c in got if c.stream == stream) == expect
+    spool.release()
+    assert not path.exists() and spool.chunk(0) is None
+
+
+def test_spool_replaces_invalid_utf8_and_keeps_a_split_character_whole(tmp_path: Path) -> None:
+    spool = LogSpool(tmp_path / "s", node="n1", job="j1", attempt=1, clock=lambda: 0.0)
+    euro = "€".encode()
+    spool.feed("stdout", b"a" + euro[:1])
+    spool.feed("stdout", euro[1:] + b"\xff")
+    spool.feed("stderr", euro[:2])
+    spool.close()  # the cut-off character at the end becomes U+FFFD
+    assert [(c.stream, c.data) for c in chunks(spool)] == [
+        ("stdout", "a"),
+        ("stdout", "€\ufffd"),
+        ("stderr", "\ufffd"),
+    ]
+
+
+def test_spool_chunks_stay_under_the_payload_limit(tmp_path: Path) -> None:
+    spool = LogSpool(tmp_path / "s", node="n1", job="j1", attempt=1, clock=lambda: 0.0)
+    spool.feed("stdout", b'"\x01' * 40000)  # worst case for JSON escaping
+    assert spool.count == -(-80000 // LOG_CHUNK_CHARS)
+    for seq in range(spool.count):
+        data = spool.chunk(seq)
+        assert data is not None and len(data) < 64 * 1024
+        decode(data, LogChunk)
+
+
+# -- artifacts ------------------------------------------------------------------------------------------
+
+
+def test_select_finds_files_and_refuses_escapes_and_symlinks(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    (work / "out" / "deep").mkdir(parents=True)
+    (work / "out" / "a.txt").write_text("a")
+    (work / "out" / "deep" / "b.txt").write_text("b")
+    (tmp_path / "secret").write_text("s")
+    os.symlink(tmp_path / "secret", work / "out" / "link.txt")
+    os.symlink(tmp_path, work / "up")
+    sel = select(work, ["out/**/*.txt", "../secret", "/etc/passwd", "up/secret", "none/*"])
+    assert [a.name for a in sel.artifacts] == ["out/a.txt", "out/deep/b.txt"]
+    text = "\n".join(sel.problems)
+    assert "artifact out/link.txt is or lies under a symbolic link" in text
+    assert "'../secret' must not use '..'" in text
+    assert "'/etc/passwd' must be a relative path" in text
+    assert "artifact up/secret is or lies under a symbolic link" in text
+    assert "'none/*' matched nothing" in text
+
+
+# -- config and registry --------------------------------------------------------------------------------
+
+MINIMAL = 'cluster = "lab"\nnode = "n1"\n[broker]\nhost = "h"\npassword = "x"\n'
+
+
+def test_jobs_config_keys_and_defaults(tmp_path: Path) -> None:
+    c = parse_config(MINIMAL, source="a.toml")
+    assert (c.job_runtime, c.job_dir, c.job_keep_logs) == ("process", None, 3600.0)
+    c = parse_config(
+        MINIMAL + '[jobs]\nruntime = "process"\ndir = "jobs"\nkeep_logs = 60\n',
+        source="a.toml",
+        base_dir=tmp_path,
+    )
+    assert (c.job_dir, c.job_keep_logs) == (tmp_path / "jobs", 60.0)
+    assert make_runtime(c.job_runtime).name == "process"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"), [('runtime = "docker"', "jobs.runtime"), ("keep_logs = -1", "jobs.keep_logs")]
+)
+def test_a_bad_jobs_key_is_refused_naming_it(text: str, key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(MINIMAL + f"[jobs]\n{text}\n", source="a.toml")
+    assert info.value.key == key
