@@ -11,13 +11,26 @@ from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import StoreError
 from ..inventory import sqlite_path
-from .base import Event, EventRecord, NodeRecord, PowerSample, Store, TelemetryMinute
+from .base import (
+    ArtifactRecord,
+    Event,
+    EventRecord,
+    JobRecord,
+    LogChunkRecord,
+    NodeRecord,
+    PowerSample,
+    Store,
+    TelemetryMinute,
+)
 from .sqlite import SCHEMA_VERSION, SqliteStore
 
 __all__ = [
     "SCHEMA_VERSION",
+    "ArtifactRecord",
     "Event",
     "EventRecord",
+    "JobRecord",
+    "LogChunkRecord",
     "NodeRecord",
     "PowerSample",
     "SqliteStore",

@@ -12,7 +12,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Event", "EventRecord", "NodeRecord", "PowerSample", "Store", "TelemetryMinute"]
+__all__ = [
+    "ArtifactRecord",
+    "Event",
+    "EventRecord",
+    "JobRecord",
+    "LogChunkRecord",
+    "NodeRecord",
+    "PowerSample",
+    "Store",
+    "TelemetryMinute",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,6 +103,44 @@ class PowerSample:
     watts: float
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobRecord:
+    """A job as the scheduler left it: the listing columns, and ``data`` (the whole job: its
+    spec, attempts and history, as JSON) that the jobs part reads back."""
+
+    id: str
+    state: str
+    name: str = ""
+    project: str = ""
+    submitted_at: float
+    updated_at: float
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogChunkRecord:
+    """One numbered piece of a job attempt's output (``seq`` from 0 per attempt)."""
+
+    job: str
+    attempt: int
+    seq: int
+    stream: str  # stdout, stderr, or "gap" for chunks the node no longer had
+    data: str
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArtifactRecord:
+    """A file a job attempt uploaded; its bytes live content-addressed under ``sha256``."""
+
+    job: str
+    attempt: int
+    name: str
+    sha256: str
+    size: int
+    at: float
+
+
 class Store(Protocol):
     """The coordinator's durable state. ``where`` names the database in errors and logs.
 
@@ -161,4 +209,38 @@ class Store(Protocol):
 
     async def prune_power_samples(self, before: float) -> int:
         """Forget the samples taken before ``before``; returns how many."""
+        ...
+
+    async def put_jobs(self, jobs: Sequence[JobRecord]) -> None:
+        """Insert or replace these jobs whole, in ONE transaction."""
+        ...
+
+    async def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    async def list_jobs(self, states: Sequence[str] | None = None, limit: int = 100) -> list[JobRecord]:
+        """The latest ``limit`` jobs submitted (in ``states`` if given), newest first."""
+        ...
+
+    async def add_log_chunks(self, chunks: Sequence[LogChunkRecord]) -> int:
+        """Record chunks in one transaction; one already held (same job, attempt, seq) is kept as
+        it was. Returns how many were new."""
+        ...
+
+    async def log_chunks(
+        self, job: str, attempt: int | None = None, after: tuple[int, int] = (0, -1), limit: int = 1000
+    ) -> list[LogChunkRecord]:
+        """A job's chunks ordered by (attempt, seq), after the ``(attempt, seq)`` cursor;
+        ``attempt`` narrows to one attempt."""
+        ...
+
+    async def log_seqs(self, job: str, attempt: int) -> list[int]:
+        """The chunk numbers held for one attempt, ascending."""
+        ...
+
+    async def add_artifact(self, artifact: ArtifactRecord) -> None:
+        """Record an uploaded artifact (a repeat of the same name replaces it)."""
+        ...
+
+    async def list_artifacts(self, job: str) -> list[ArtifactRecord]:
+        """A job's artifacts by attempt and name."""
         ...

@@ -31,7 +31,16 @@ import msgspec
 
 from ...atomic import fsync_dir
 from ..errors import StoreError
-from .base import Event, EventRecord, NodeRecord, PowerSample, TelemetryMinute
+from .base import (
+    ArtifactRecord,
+    Event,
+    EventRecord,
+    JobRecord,
+    LogChunkRecord,
+    NodeRecord,
+    PowerSample,
+    TelemetryMinute,
+)
 
 __all__ = ["SCHEMA_VERSION", "SqliteStore"]
 
@@ -84,6 +93,37 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (node, at)
         ) WITHOUT ROWID""",
     ),
+    (
+        """CREATE TABLE jobs (
+            id TEXT PRIMARY KEY,
+            state TEXT NOT NULL,
+            name TEXT NOT NULL DEFAULT '',
+            project TEXT NOT NULL DEFAULT '',
+            submitted_at REAL NOT NULL,
+            updated_at REAL NOT NULL,
+            data TEXT NOT NULL DEFAULT '{}'
+        )""",
+        "CREATE INDEX jobs_by_submit ON jobs (submitted_at)",
+        "CREATE INDEX jobs_by_state ON jobs (state)",
+        """CREATE TABLE job_log (
+            job TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            seq INTEGER NOT NULL,
+            stream TEXT NOT NULL,
+            data TEXT NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (job, attempt, seq)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE job_artifacts (
+            job TEXT NOT NULL,
+            attempt INTEGER NOT NULL,
+            name TEXT NOT NULL,
+            sha256 TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            at REAL NOT NULL,
+            PRIMARY KEY (job, attempt, name)
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -91,6 +131,7 @@ _NODE_COLUMNS = (
     "name, state, health, health_reason, conn_seq, state_since, last_telemetry, recovery_attempts, data"
 )
 _EVENT_COLUMNS = "id, node, axis, old, new, reason, at, data"
+_JOB_COLUMNS = "id, state, name, project, submitted_at, updated_at, data"
 
 _MAX_TS = 1e11  # Unix time, the year 5138
 _MAX_INT = 2**53
@@ -401,6 +442,126 @@ class SqliteStore:
 
         return await self._run("prune power samples", prune)
 
+    # -- jobs, their logs and artifacts ---------------------------------------------------------
+
+    async def put_jobs(self, jobs: Sequence[JobRecord]) -> None:
+        rows = [
+            (
+                j.id,
+                j.state,
+                j.name,
+                j.project,
+                j.submitted_at,
+                j.updated_at,
+                self._json(f"job {j.id}", j.data),
+            )
+            for j in jobs
+        ]
+        if not rows:
+            return
+
+        def write(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO jobs ({_JOB_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows
+                )
+
+        await self._run(f"put {len(rows)} jobs", write)
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        def get(conn: sqlite3.Connection) -> JobRecord | None:
+            row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,)).fetchone()
+            return None if row is None else _job(row)
+
+        return await self._run(f"get job {job_id}", get)
+
+    async def list_jobs(self, states: Sequence[str] | None = None, limit: int = 100) -> list[JobRecord]:
+        if limit < 1:
+            raise StoreError(self.where, f"list jobs: limit {limit} is not >= 1")
+        where, args = "1", []
+        if states is not None:
+            where = f"state IN ({', '.join('?' * len(states))})" if states else "0"
+            args = list(states)
+
+        def list_(conn: sqlite3.Connection) -> list[JobRecord]:
+            sql = f"SELECT {_JOB_COLUMNS} FROM jobs WHERE {where} ORDER BY submitted_at DESC, id DESC LIMIT ?"
+            return [_job(r) for r in conn.execute(sql, [*args, limit])]
+
+        return await self._run("list jobs", list_)
+
+    async def add_log_chunks(self, chunks: Sequence[LogChunkRecord]) -> int:
+        rows = [(c.job, c.attempt, c.seq, c.stream, c.data, c.at) for c in chunks]
+        if not rows:
+            return 0
+
+        def write(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                before = conn.total_changes
+                conn.executemany(
+                    "INSERT OR IGNORE INTO job_log (job, attempt, seq, stream, data, at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+                return conn.total_changes - before
+
+        return await self._run("add log chunks", write)
+
+    async def log_chunks(
+        self, job: str, attempt: int | None = None, after: tuple[int, int] = (0, -1), limit: int = 1000
+    ) -> list[LogChunkRecord]:
+        sql = (
+            "SELECT job, attempt, seq, stream, data, at FROM job_log"
+            " WHERE job = ? AND (attempt, seq) > (?, ?)"
+            + (" AND attempt = ?" if attempt is not None else "")
+            + " ORDER BY attempt, seq LIMIT ?"
+        )
+        args: list[Any] = [job, after[0], after[1], *([attempt] if attempt is not None else []), limit]
+
+        def read(conn: sqlite3.Connection) -> list[LogChunkRecord]:
+            return [
+                LogChunkRecord(job=r[0], attempt=r[1], seq=r[2], stream=r[3], data=r[4], at=r[5])
+                for r in conn.execute(sql, args)
+            ]
+
+        return await self._run(f"log of job {job}", read)
+
+    async def log_seqs(self, job: str, attempt: int) -> list[int]:
+        def read(conn: sqlite3.Connection) -> list[int]:
+            rows = conn.execute(
+                "SELECT seq FROM job_log WHERE job = ? AND attempt = ? ORDER BY seq", (job, attempt)
+            )
+            return [r[0] for r in rows]
+
+        return await self._run(f"log chunk numbers of job {job}", read)
+
+    async def add_artifact(self, artifact: ArtifactRecord) -> None:
+        a = artifact
+        row = (a.job, a.attempt, a.name, a.sha256, a.size, a.at)
+
+        def write(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT OR REPLACE INTO job_artifacts (job, attempt, name, sha256, size, at)"
+                    " VALUES (?, ?, ?, ?, ?, ?)",
+                    row,
+                )
+
+        await self._run(f"add artifact {a.name} of job {a.job}", write)
+
+    async def list_artifacts(self, job: str) -> list[ArtifactRecord]:
+        def read(conn: sqlite3.Connection) -> list[ArtifactRecord]:
+            rows = conn.execute(
+                "SELECT job, attempt, name, sha256, size, at FROM job_artifacts WHERE job = ?"
+                " ORDER BY attempt, name",
+                (job,),
+            )
+            return [
+                ArtifactRecord(job=r[0], attempt=r[1], name=r[2], sha256=r[3], size=r[4], at=r[5])
+                for r in rows
+            ]
+
+        return await self._run(f"artifacts of job {job}", read)
+
     # -- the worker thread --------------------------------------------------------------------
 
     async def _run(self, what: str, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -512,6 +673,19 @@ def _node(row: Sequence[Any]) -> NodeRecord:
         state_since=fields[5],
         last_telemetry=fields[6],
         recovery_attempts=fields[7],
+        data=_json_decode(data),
+    )
+
+
+def _job(row: Sequence[Any]) -> JobRecord:
+    id_, state, name, project, submitted_at, updated_at, data = row
+    return JobRecord(
+        id=id_,
+        state=state,
+        name=name,
+        project=project,
+        submitted_at=submitted_at,
+        updated_at=updated_at,
         data=_json_decode(data),
     )
 
