@@ -21,6 +21,8 @@ import re
 import select
 import subprocess
 import textwrap
+import threading
+import time
 import tty
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -994,5 +996,127 @@ def test_status_is_sent_every_period_when_configured(start_bmc: StartBmc) -> Non
             assert st["power_state"] == first["power_state"] == PowerState.OFF
             assert loop.time() - t0 >= 0.25  # three periods of 100 ms, not a burst
         bmc.finish()
+
+    asyncio.run(scenario())
+
+
+# --- the console bridge at its documented rate -------------------------------------------------------
+
+# The node's UART runs at 115 200 8N1 on the board (bmc/README.md, "Console bridge"): 11 520 bytes/s each
+# way. The unix port's pty has no baud rate, so the test paces both ends at that rate itself.
+CONSOLE_RATE = 115_200 // 10
+MEGABYTE = 1_000_000
+PACE_CHUNK = 256
+
+
+def pace(n: int, start: float) -> float:
+    """When the ``n``-th paced chunk is due: so many bytes at CONSOLE_RATE after ``start``."""
+    return start + n * PACE_CHUNK / CONSOLE_RATE
+
+
+def is_subsequence(part: bytes, whole: bytes) -> bool:
+    """``part`` is ``whole`` with some bytes left out, the rest in order (greedy matching is exact)."""
+    it = iter(whole)
+    return all(any(b == c for c in it) for b in part)
+
+
+@slow
+@pytest.mark.timeout(240)
+def test_a_megabyte_each_way_through_the_console_bridge_at_the_node_uart_rate_loses_nothing(
+    start_bmc: StartBmc,
+) -> None:
+    rng = random.Random(1_000_000)
+    up, down = rng.randbytes(MEGABYTE), rng.randbytes(MEGABYTE)
+    heard = bytearray()  # what the node's UART received
+    failures: list[BaseException] = []
+
+    def node(bmc: Bmc, start: float) -> None:
+        # The node prints ``up`` at the UART rate and reads what the host typed, in one thread.
+        fd = bmc.node_pty.master
+        sent = 0
+        try:
+            while sent < len(up) or len(heard) < len(down):
+                due = pace(sent // PACE_CHUNK, start) if sent < len(up) else time.monotonic() + 0.1
+                ready, _, _ = select.select([fd], [], [], max(0.0, due - time.monotonic()))
+                if ready:
+                    heard.extend(os.read(fd, 65536))
+                elif sent < len(up):
+                    write_all(fd, up[sent : sent + PACE_CHUNK])
+                    sent += PACE_CHUNK
+                assert time.monotonic() < start + len(up) / CONSOLE_RATE + 30, "the node side stalled"
+        except BaseException as exc:  # handed to the test's thread
+            failures.append(exc)
+
+    async def scenario() -> None:
+        bmc = start_bmc()
+        async with Link(bmc.stream()) as link:
+            await recv_type(link, MsgType.HELLO)
+            start = time.monotonic()
+            thread = threading.Thread(target=node, args=(bmc, start), daemon=True)
+            thread.start()
+
+            async def host_types() -> None:
+                for n, off in enumerate(range(0, len(down), PACE_CHUNK)):
+                    await asyncio.sleep(max(0.0, pace(n, start) - time.monotonic()))
+                    await link.console.write(down[off : off + PACE_CHUNK], port=0)
+                await link.console.drain()
+
+            async def host_reads() -> bytes:
+                got = bytearray()
+                while len(got) < len(up):
+                    async with asyncio.timeout(STEP):
+                        got += await link.console.read(0)
+                return bytes(got)
+
+            got, _ = await asyncio.gather(host_reads(), host_types())
+            thread.join(STEP * 4)
+            assert not failures, failures
+            assert got == up and bytes(heard) == down
+        final = counts(bmc.finish())
+        assert (final["to_host"], final["to_node"], final["console_dropped"]) == (MEGABYTE, MEGABYTE, 0)
+
+    asyncio.run(scenario())
+
+
+@slow
+def test_a_host_that_stops_reading_loses_console_bytes_counted_exactly(start_bmc: StartBmc) -> None:
+    rng = random.Random(7)
+    before, flood = rng.randbytes(3000), rng.randbytes(20_000)
+
+    async def scenario() -> None:
+        bmc = start_bmc()
+        async with Link(bmc.stream()) as link:
+            await recv_type(link, MsgType.HELLO)
+            write_all(bmc.node_pty.master, before)
+            got = bytearray()
+            async with asyncio.timeout(STEP):
+                while len(got) < len(before):
+                    got += await link.console.read(0)
+            assert got == before
+            # The host stops reading its line (its event loop is held: no reads, no ACKs) while the node
+            # prints far more than the ring (4 KiB) and the window (8 frames) hold.
+            write_all(bmc.node_pty.master, flood)
+            time.sleep(1.0)  # noqa: ASYNC251 - blocking on purpose, well inside the link's give-up time
+            seen: list[Message] = []
+            reported = 0
+            async with asyncio.timeout(STEP * 2):
+                while len(got) + reported < len(before) + len(flood):
+                    while link.console.pending(0):
+                        got += await link.console.read(0)
+                    try:
+                        async with asyncio.timeout(0.2):
+                            ev = await recv_type(link, MsgType.EVENT, seen)
+                    except TimeoutError:
+                        continue
+                    if ev["code"] == EV_CONSOLE_DROP:
+                        reported += int(str(ev["text"]).split()[2])
+            await asyncio.sleep(0.3)  # nothing more arrives: what is missing was dropped, not late
+            while link.console.pending(0):
+                got += await link.console.read(0)
+        lost = len(before) + len(flood) - len(got)
+        final = counts(bmc.finish())
+        assert lost > 0 and final["console_dropped"] == lost == reported
+        assert final["to_host"] == len(got)
+        assert got[: len(before)] == before and is_subsequence(bytes(got[len(before) :]), flood)
 
     asyncio.run(scenario())
