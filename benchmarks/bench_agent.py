@@ -6,10 +6,17 @@ agent's peak (VmHWM) after it has run a few telemetry cycles. Both are set again
 in DESIGN.md (under 1 s, at most 30 MB) as headroom, budget / measured, so >= 1 meets it;
 ``python -c pass`` is measured beside it as the floor any Python process pays on this machine
 (its RSS held open on stdin, so that it can be read from /proc).
+
+A second run gives the agent an LED indicator (``led_serial``): the real LED firmware under the
+MicroPython unix port on a pty, joined to the pty the agent opens by a relay thread. That run loads
+the serial protocol (construct, pyserial) and drives the gauge every telemetry cycle.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import select
 import shutil
 import signal
 import socket
@@ -19,12 +26,15 @@ import sys
 import tempfile
 import threading
 import time
+import tty
+from collections.abc import Iterator
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from benchmarks.common import Figure
+from scalerunner.firmware import find_tool, micropypath
 from scalerunner.protocol.mqtt import Kind, NodeState, decode, node_topic
 
 START_BUDGET_S = 1.0
@@ -33,6 +43,7 @@ RUNS = 5
 RUN_FOR_S = 1.5  # telemetry cycles before the RSS is read
 AGENT = Path(sys.executable).with_name("scalerunner-agent")
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -104,7 +115,58 @@ def _peer() -> tuple[float, int]:
     return statistics.median(times), int(statistics.median(rss))
 
 
-def _agent(workdir: Path) -> tuple[float, int]:
+def _pty() -> tuple[int, int, str]:
+    master, slave = os.openpty()
+    tty.setraw(master)
+    tty.setraw(slave)
+    return master, slave, os.ttyname(slave)
+
+
+@contextlib.contextmanager
+def _led_firmware() -> Iterator[str]:
+    """ledfw/main.py under MicroPython on a pty, relayed to a second pty; yields that one's path."""
+    micropython = find_tool("micropython")
+    if micropython is None:
+        raise RuntimeError("micropython is not installed (make setup)")
+    fw_master, fw_slave, fw_path = _pty()
+    master, slave, path = _pty()
+    wake_r, wake_w = os.pipe()
+    fw = subprocess.Popen(
+        [micropython, str(REPO / "ledfw/main.py"), fw_path, "600000"],
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "MICROPYPATH": micropypath(REPO / "ledfw")},
+    )
+
+    def relay() -> None:
+        pairs = {fw_master: master, master: fw_master}
+        while True:
+            ready, _, _ = select.select([fw_master, master, wake_r], [], [])
+            if wake_r in ready:
+                return
+            for fd in ready:
+                try:
+                    os.write(pairs[fd], os.read(fd, 65536))
+                except OSError:  # the agent's side closed between two runs
+                    time.sleep(0.01)
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    try:
+        yield path
+    finally:
+        os.write(wake_w, b"x")
+        thread.join(5)
+        os.close(fw_master)  # the firmware exits when its line closes
+        try:
+            fw.wait(5)
+        except subprocess.TimeoutExpired:
+            fw.kill()
+            fw.wait()
+        for fd in (fw_slave, master, slave, wake_r, wake_w):
+            os.close(fd)
+
+
+def _agent(workdir: Path, led_serial: str | None = None) -> tuple[float, int]:
     """Median time from Popen to the online state on the broker, and the median peak RSS (KB)."""
     port = _free_port()
     conf = workdir / "mosquitto.conf"
@@ -123,9 +185,10 @@ def _agent(workdir: Path) -> tuple[float, int]:
                 time.sleep(0.02)
         cfg = workdir / "agent.toml"
         cfg.write_text(
-            f'cluster = "bench"\nnode = "bench-1"\nstate_dir = "."\n'
-            f'[broker]\nhost = "127.0.0.1"\nport = {port}\npassword = "x"\n'
-            f"[telemetry]\ninterval = 0.1\n"
+            'cluster = "bench"\nnode = "bench-1"\nstate_dir = "."\n'
+            + (f'led_serial = "{led_serial}"\n' if led_serial else "")
+            + f'[broker]\nhost = "127.0.0.1"\nport = {port}\npassword = "x"\n'
+            + "[telemetry]\ninterval = 0.1\n"
         )
         (workdir / "cmdline").write_text("")
         observer = _Online(port, node_topic("bench", "bench-1", Kind.STATE))
@@ -159,6 +222,8 @@ def run() -> list[Figure]:
     peer_s, peer_kb = _peer()
     with tempfile.TemporaryDirectory(prefix="bench-agent-") as tmp:
         start_s, agent_kb = _agent(Path(tmp))
+    with tempfile.TemporaryDirectory(prefix="bench-agent-led-") as tmp, _led_firmware() as led:
+        led_start_s, led_kb = _agent(Path(tmp), led)
     return [
         Figure(
             name="agent start → online state on the broker: 1 s budget / measured",
@@ -172,6 +237,20 @@ def run() -> list[Figure]:
             measured=f"{agent_kb / 1024:.1f} MB (python -c pass: {peer_kb / 1024:.1f} MB)",
             against=f"{RSS_BUDGET_KB / 1024:.0f} MB budget",
             ratio=RSS_BUDGET_KB / agent_kb,
+            target=1.0,
+        ),
+        Figure(
+            name="agent with an LED indicator (real firmware on a pty), start: 1 s budget / measured",
+            measured=f"{led_start_s * 1000:.0f} ms",
+            against=f"{START_BUDGET_S * 1000:.0f} ms budget",
+            ratio=START_BUDGET_S / led_start_s,
+            target=1.0,
+        ),
+        Figure(
+            name="agent with an LED indicator, peak RSS: 30 MB budget / measured",
+            measured=f"{led_kb / 1024:.1f} MB",
+            against=f"{RSS_BUDGET_KB / 1024:.0f} MB budget",
+            ratio=RSS_BUDGET_KB / led_kb,
             target=1.0,
         ),
     ]

@@ -93,10 +93,23 @@ def test_undrain_clears_the_flag() -> None:
 
 
 @pytest.mark.parametrize("led", [False, True])
-def test_identify_replies_ok_and_is_remembered_only_with_an_led(led: bool) -> None:
+def test_identify_replies_ok_and_lasts_30_s_only_with_an_led(led: bool) -> None:
     d = decide(Control(), _cmd("identify"), now=42.0, reboot_configured=False, led_configured=led)
-    assert d.reply.ok and d.action is Action.IDENTIFY and d.reply.result == {"led": led}
-    assert d.control.identify_requested_at == (42.0 if led else None)
+    assert d.reply.ok and d.action is Action.IDENTIFY and d.reply.result == {"led": led, "seconds": 30.0}
+    assert d.control.identify_until == (72.0 if led else None)
+
+
+def test_identify_takes_its_duration_from_args_seconds() -> None:
+    data = encode(Command(cmd="identify", args={"seconds": 5}))
+    d = decide(Control(), data, now=42.0, reboot_configured=False, led_configured=True)
+    assert d.reply.ok and d.control.identify_until == 47.0
+
+
+@pytest.mark.parametrize("seconds", [0, -1, 3601, "10", True, None])
+def test_identify_with_a_bad_duration_is_refused_naming_the_key(seconds: object) -> None:
+    data = encode(Command(cmd="identify", args={"seconds": seconds}))
+    d = decide(Control(), data, now=42.0, reboot_configured=False, led_configured=True)
+    assert not d.reply.ok and "args.seconds" in d.reply.error and d.control == Control()
 
 
 def test_reboot_without_a_configured_command_is_refused() -> None:
@@ -129,7 +142,7 @@ def test_job_commands_are_refused_until_the_runtimes_exist(name: str) -> None:
     ],
 )
 def test_a_malformed_command_is_refused_with_a_reason_and_changes_nothing(data: bytes, reason: str) -> None:
-    before = Control(draining=True, identify_requested_at=5.0)
+    before = Control(draining=True, identify_until=5.0)
     d = decide(before, data, now=1.0, reboot_configured=True, led_configured=True)
     assert not d.reply.ok and reason in d.reply.error and d.reason == d.reply.error
     assert d.control == before and d.action is Action.NONE and d.cmd == ""

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -46,6 +46,9 @@ from ..protocol.mqtt import (
 from .config import AgentConfig
 from .telemetry import ProcReader, Sampler, normalise_arch
 
+if TYPE_CHECKING:
+    from .led import LedDriver
+
 log = logging.getLogger("scalerunner.nodeagent.agent")
 mqtt_log = logging.getLogger("scalerunner.nodeagent.mqtt")
 control_log = logging.getLogger("scalerunner.nodeagent.control")
@@ -53,6 +56,7 @@ control_log = logging.getLogger("scalerunner.nodeagent.control")
 # A wall clock before this is not set yet (a board without RTC before NTP): its conn_seq would be
 # older than the one the node used before it rebooted, so the agent waits for the clock.
 CLOCK_FLOOR_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
+IDENTIFY_S = 30.0  # how long identify shows on the LED when the command gives no args.seconds
 INCOMING_QUEUE = 64  # commands waiting to be handled; more are dropped by aiomqtt (and logged)
 OUTGOING_QUEUE = 32  # paho's in-flight messages per connection
 
@@ -101,16 +105,16 @@ class Backoff:
 class Action(StrEnum):
     NONE = "none"
     STATE = "state"  # republish the retained state (the draining flag changed)
-    IDENTIFY = "identify"
+    IDENTIFY = "identify"  # show identify on the LED until Control.identify_until
     REBOOT = "reboot"  # run the configured reboot command
 
 
 @dataclass(frozen=True)
 class Control:
-    """What commands change. ``identify_requested_at``: the last identify, kept for the LED client."""
+    """What commands change. ``identify_until``: the LED shows identify until then (agent clock)."""
 
     draining: bool = False
-    identify_requested_at: float | None = None
+    identify_until: float | None = None
     rebooting: bool = False
 
 
@@ -147,8 +151,14 @@ def decide(
         new = dataclasses.replace(control, draining=draining)
         return Decision(new, Reply(ok=True, result={"draining": draining}), action, name)
     if name == "identify":
-        new = dataclasses.replace(control, identify_requested_at=now) if led_configured else control
-        return Decision(new, Reply(ok=True, result={"led": led_configured}), Action.IDENTIFY, name)
+        seconds = cmd.args.get("seconds", IDENTIFY_S)
+        if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 3600:
+            return _refuse(
+                control, name, f"args.seconds: expected a number of seconds in (0, 3600], not {seconds!r}"
+            )
+        new = dataclasses.replace(control, identify_until=now + seconds) if led_configured else control
+        result = {"led": led_configured, "seconds": seconds}
+        return Decision(new, Reply(ok=True, result=result), Action.IDENTIFY, name)
     if name == "reboot":
         if not reboot_configured:
             return _refuse(control, name, "reboot not configured")
@@ -219,6 +229,7 @@ class Agent:
         self._stopping = False
         self._runner: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
+        self.led: LedDriver | None = None  # with led_serial: the LED indicator's driver
         self.connects = 0
         self.telemetry_sent = 0
         self.telemetry_dropped = 0
@@ -247,6 +258,11 @@ class Agent:
                 log.warning("cannot read memory size: %s", exc, extra=self._extra())
         capacity = Capacity(cpus=cpus, memory_mb=memory, slots=c.slots) if memory else None
         self._ident = Identity(c.node, __version__, self._arch, c.labels, capacity)
+        if c.led_serial is not None and self.led is None:
+            from .led import LedDriver  # loads the serial protocol: only with an LED configured
+
+            self.led = LedDriver(c.led_serial, node=c.node, cpus=cpus, clock=self._clock, rand=self._rand)
+            await self.led.start()
         if c.password is None:
             log.warning(
                 "no broker password; trading the bootstrap token for credentials is not built yet,"
@@ -287,6 +303,9 @@ class Agent:
             with contextlib.suppress(asyncio.CancelledError):
                 await runner
         self._online.clear()
+        if self.led is not None:  # the firmware shows "host lost" by itself once we are quiet
+            await self.led.stop()
+            self.led = None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -377,10 +396,10 @@ class Agent:
         if d.action is Action.REBOOT:
             reply = await self._start_reboot()
         elif d.action is Action.IDENTIFY:
-            control_log.info(
-                "identify requested",
-                extra=self._extra(led=self.config.led_serial, remembered=self.config.led_serial is not None),
-            )
+            until = self.control.identify_until
+            if self.led is not None and until is not None:
+                self.led.identify(until)
+            control_log.info("identify requested", extra=self._extra(led=self.config.led_serial, until=until))
         if reply.ok:
             self.commands_handled += 1
             control_log.info("command done", extra=self._extra(cmd=d.cmd, result=reply.result))
@@ -454,6 +473,8 @@ class Agent:
             client = self._client
             if tele is None:
                 continue
+            if self.led is not None:  # the LED shows the node's load whether the broker is there or not
+                self.led.show(tele)
             if client is None or not self._online.is_set():
                 self.telemetry_dropped += 1
                 continue
