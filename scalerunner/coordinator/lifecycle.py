@@ -23,6 +23,11 @@ Which messages count: state comes only from the retained state topic, ordered by
 Telemetry only refreshes a node whose agent is connected; it carries no ``conn_seq``, so a late
 telemetry message from a dead connection must not revive a node.
 
+Silence is judged only while the coordinator can hear: ``LinkDown`` (its own MQTT connection
+is lost) holds every deadline that ``Tick`` acts on, and ``LinkUp`` gives each node
+``telemetry_timeout`` seconds from the reconnect to be heard again before silence counts, so a
+broker outage never marks every node offline (nor power-cycles the ones that were booting).
+
 Operator events in the wrong state raise ``NodeStateError`` naming the node and its state, and
 change nothing. Observed facts (boot requests, agent state, telemetry, ticks, check results)
 never raise: the machine records them or, where they cannot apply, ignores them.
@@ -47,6 +52,8 @@ __all__ = [
     "Event",
     "HealthCheckResult",
     "LifecycleConfig",
+    "LinkDown",
+    "LinkUp",
     "NodeLifecycle",
     "NodeRecord",
     "OperatorReset",
@@ -122,7 +129,9 @@ class NodeRecord:
     ``recovery_at``: when the next recovery power-cycle is due (offline only). ``recoveries``:
     recovery power-cycles ordered since the node last proved good. ``failure``: why it failed
     (the latched first failure; set exactly while failed). ``check_pending``: a health check
-    was asked for on the current connection and has not answered.
+    was asked for on the current connection and has not answered. ``link_down``: the
+    coordinator's MQTT connection is down, so nothing is judged by silence; ``link_up_at``: when it
+    last came back (silence counts from then at the earliest).
     """
 
     name: str
@@ -146,6 +155,8 @@ class NodeRecord:
     recoveries: int = 0
     failure: str | None = None
     check_pending: bool = False
+    link_down: bool = False
+    link_up_at: float | None = None
 
 
 def new_node(
@@ -235,6 +246,20 @@ class Tick:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class LinkDown:
+    """The coordinator lost its MQTT connection: it cannot hear any node until ``LinkUp``."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LinkUp:
+    """The coordinator's MQTT connection is back (subscribed again)."""
+
+    at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Drain:
     at: float
     reason: str = "operator request"
@@ -280,6 +305,8 @@ Event = (
     | AgentState
     | Telemetry
     | Tick
+    | LinkDown
+    | LinkUp
     | Drain
     | Undrain
     | SetHealth
@@ -369,6 +396,10 @@ def step(
             _telemetry(s, event)
         case Tick():
             _tick(s, config)
+        case LinkDown():
+            s.update(link_down=True)
+        case LinkUp():
+            s.update(link_down=False, link_up_at=s.at)
         case Drain():
             _drain(s, event)
         case Undrain():
@@ -387,12 +418,14 @@ def step(
 
 def next_deadline(node: NodeRecord, config: LifecycleConfig) -> float | None:
     """When the next ``Tick`` can change this node (None: only another event can)."""
+    if node.link_down:
+        return None  # deaf: nothing is decided by silence until the link is back
     if node.state is NodeLifecycle.BOOTING:
         return _boot_deadline(node, config)
     if node.state in CONNECTED:
         return _silence_deadline(node, config)
     if node.state is NodeLifecycle.OFFLINE:
-        due = [node.recovery_at] if node.recovery_at is not None else []
+        due = [_recovery_deadline(node, config)] if node.recovery_at is not None else []
         if node.jobs:
             due.append(_silence_deadline(node, config))
         return min(due, default=None)
@@ -567,17 +600,25 @@ def _telemetry(s: _Step, e: Telemetry) -> None:
 
 def _tick(s: _Step, config: LifecycleConfig) -> None:
     n = s.node
+    if n.link_down:
+        return  # the coordinator cannot hear the nodes: their silence is not their fault
     # Each test is "now >= the deadline next_deadline returned", computed the same way, so a
     # Tick sent at the deadline always fires (no float rounding in between).
     if n.state is NodeLifecycle.BOOTING:
         boot_deadline = _boot_deadline(n, config)
         if boot_deadline is not None and s.at >= boot_deadline:
             cause = f"did not come online within {_secs(config.boot_timeout)} s of power-on"
+            if _after_link_grace(n, config):
+                cause = f"not heard within {_secs(config.telemetry_timeout)} s of the coordinator's reconnect"
             _fault(s, cause, config)
     elif n.state in CONNECTED:
         heard = _heard_at(n)
         if s.at >= _silence_deadline(n, config):
-            if n.reported:
+            if _after_link_grace(n, config):
+                cause = (
+                    f"not heard within {_secs(s.at - heard)} s of the coordinator's reconnect to the broker"
+                )
+            elif n.reported:
                 cause = f"no telemetry for {_secs(s.at - heard)} s"
             else:
                 cause = f"online for {_secs(s.at - heard)} s without sending telemetry"
@@ -590,7 +631,7 @@ def _tick(s: _Step, config: LifecycleConfig) -> None:
             heard = _heard_at(n)
             if s.at >= _silence_deadline(n, config):
                 _fault(s, f"silent for {_secs(s.at - heard)} s while running {_count(n.jobs)}", config)
-        elif n.recovery_at is not None and s.at >= n.recovery_at:
+        elif n.recovery_at is not None and s.at >= _recovery_deadline(n, config):
             reason = f"recovery power-cycle {n.recoveries} of {config.max_recoveries}"
             s.act(PowerCycle(n.name, n.recoveries, f"{reason}: {n.state_reason}"))
             s.move(NodeLifecycle.BOOTING, reason, powered=True, boot_started_at=s.at)
@@ -607,6 +648,7 @@ def _fault(s: _Step, cause: str, config: LifecycleConfig) -> None:
     elif n.recoveries >= config.max_recoveries:
         reason = f"{cause}; gave up after {n.recoveries} recovery power-cycles"
         s.move(NodeLifecycle.FAILED, reason, failure=reason)
+        s.set_health(Health.BAD, f"recovery gave up: {reason}")  # an operator must look at it
     else:
         wait = config.backoff(n.recoveries)
         attempt = n.recoveries + 1
@@ -690,8 +732,36 @@ def _up_state(n: NodeRecord) -> NodeLifecycle:
     return NodeLifecycle.BUSY if n.jobs else NodeLifecycle.IDLE
 
 
+def _link_grace_end(n: NodeRecord, config: LifecycleConfig) -> float | None:
+    """Until when a node may stay unheard after the coordinator's link came back."""
+    return None if n.link_up_at is None else n.link_up_at + config.telemetry_timeout
+
+
+def _after_link_grace(n: NodeRecord, config: LifecycleConfig) -> bool:
+    """The deadline that fired is the reconnect's grace, not the node's own silence or boot."""
+    grace = _link_grace_end(n, config)
+    if grace is None:
+        return False
+    if n.state is NodeLifecycle.BOOTING:
+        own = _boot_deadline(n, config)
+        return own is not None and grace > own
+    times = [t for t in (n.online_at, n.last_telemetry_at) if t is not None]
+    return n.link_up_at is not None and n.link_up_at > max(times, default=n.since)
+
+
 def _boot_deadline(n: NodeRecord, config: LifecycleConfig) -> float | None:
-    return None if n.boot_started_at is None else n.boot_started_at + config.boot_timeout
+    if n.boot_started_at is None:
+        return None
+    grace = _link_grace_end(n, config)
+    own = n.boot_started_at + config.boot_timeout
+    return own if grace is None else max(own, grace)
+
+
+def _recovery_deadline(n: NodeRecord, config: LifecycleConfig) -> float:
+    """A due recovery waits out the reconnect's grace: the node may have come back unheard."""
+    assert n.recovery_at is not None
+    grace = _link_grace_end(n, config)
+    return n.recovery_at if grace is None else max(n.recovery_at, grace)
 
 
 def _silence_deadline(n: NodeRecord, config: LifecycleConfig) -> float:
@@ -699,8 +769,9 @@ def _silence_deadline(n: NodeRecord, config: LifecycleConfig) -> float:
 
 
 def _heard_at(n: NodeRecord) -> float:
-    """When the agent was last heard from: its online state or its last telemetry."""
-    times = [t for t in (n.online_at, n.last_telemetry_at) if t is not None]
+    """When the agent was last heard from (its online state or its last telemetry), or when the
+    coordinator's link came back, if later: silence before that was the coordinator's."""
+    times = [t for t in (n.online_at, n.last_telemetry_at, n.link_up_at) if t is not None]
     return max(times, default=n.since)
 
 
