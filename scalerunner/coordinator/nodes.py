@@ -215,6 +215,12 @@ class NodeManager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), wait)
 
+    async def apply_event(self, name: str, event: lc.Event) -> lc.NodeRecord:
+        """Step ``name``'s lifecycle with an event another part brings (an operator's PowerOn,
+        PowerOff or Reboot from the power part); UnknownNode/NodeStateError change nothing."""
+        self._record(name)
+        return await self._step(name, event)
+
     # -- MQTT ingest --
 
     async def on_state(self, state: NodeState) -> None:
