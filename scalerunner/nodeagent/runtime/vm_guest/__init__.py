@@ -1,0 +1,188 @@
+"""What the vm runtime boots: Debian's cloud kernel and an initramfs built here.
+
+The initramfs is a newc cpio archive written by code (no root, no ``find | cpio``): busybox-static
+as the whole userland, the virtio modules the kernel lacks, and ``init.sh``/``enter.sh`` from this
+directory. It is cached by the hash of its contents. Each job appends a small second archive
+holding ``/job/run.sh`` (its argv and environment); the kernel unpacks concatenated archives in
+order, so the cached part is never rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shlex
+import stat
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+from scalerunner.atomic import atomic_write
+
+__all__ = [
+    "MODULES",
+    "CpioEntry",
+    "GuestError",
+    "GuestKernel",
+    "build_initramfs",
+    "job_archive",
+    "newc_archive",
+    "shell_words",
+    "write_job_initrd",
+]
+
+# Load order matters: dependencies first (MACHINE.md). ext4 and the 8250 console are built in.
+MODULES = (
+    "virtio_ring",
+    "virtio",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio_pci",
+    "virtio_console",
+    "virtio_blk",
+)
+BUSYBOX = Path("/bin/busybox")
+_ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+class GuestError(Exception):
+    """The guest kernel or initramfs cannot be had; names the file and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class GuestKernel:
+    """An unpacked linux-image-*-cloud-amd64 package (tools/fetch-guest-kernel.sh)."""
+
+    vmlinuz: Path
+    modules: Path  # .../lib/modules/<release>
+
+    @classmethod
+    def find(cls, guest_dir: Path) -> GuestKernel:
+        kernels = sorted(guest_dir.glob("linux-image-*/boot/vmlinuz-*"))
+        if not kernels:
+            raise GuestError(
+                f"no guest kernel under {guest_dir}: run `make setup` (tools/fetch-guest-kernel.sh)"
+            )
+        vmlinuz = kernels[-1]
+        release = vmlinuz.name.removeprefix("vmlinuz-")
+        modules = vmlinuz.parent.parent / "lib" / "modules" / release
+        if not modules.is_dir():
+            raise GuestError(f"guest kernel {vmlinuz} has no modules at {modules}")
+        return cls(vmlinuz=vmlinuz, modules=modules)
+
+    def module(self, name: str) -> Path:
+        found = sorted(self.modules.glob(f"kernel/**/{name}.ko"))
+        if not found:
+            raise GuestError(f"module {name}.ko not found under {self.modules}")
+        return found[0]
+
+
+@dataclass(frozen=True, slots=True)
+class CpioEntry:
+    path: str  # inside the archive, without a leading slash
+    mode: int  # full st_mode: type and permission bits
+    data: bytes = b""  # file contents, or a symlink's target
+    rdev: tuple[int, int] = (0, 0)  # (major, minor) of a device node
+
+
+def _pad4(n: int) -> bytes:
+    return b"\0" * (-n % 4)
+
+
+def newc_archive(entries: Iterable[CpioEntry]) -> bytes:
+    """A newc ("070701") cpio archive, the format the kernel unpacks into its initial rootfs."""
+    out = bytearray()
+    for ino, entry in enumerate([*entries, CpioEntry("TRAILER!!!", 0)], start=1):
+        name = entry.path.encode() + b"\0"
+        fields = (
+            ino,
+            entry.mode,
+            0,  # uid
+            0,  # gid
+            2 if stat.S_ISDIR(entry.mode) else 1,
+            0,  # mtime: fixed, so the same inputs give the same bytes
+            len(entry.data),
+            0,
+            0,
+            entry.rdev[0],
+            entry.rdev[1],
+            len(name),
+            0,  # check
+        )
+        header = b"070701" + b"".join(b"%08X" % f for f in fields)
+        out += header + name
+        out += _pad4(len(header) + len(name))
+        out += entry.data + _pad4(len(entry.data))
+    return bytes(out)
+
+
+def _script(name: str) -> bytes:
+    return resources.files(__package__).joinpath(name).read_bytes()
+
+
+def _base_entries(kernel: GuestKernel, busybox: Path) -> list[CpioEntry]:
+    d, x = stat.S_IFDIR | 0o755, stat.S_IFREG | 0o755
+    entries = [
+        CpioEntry(p, d) for p in ("bin", "dev", "proc", "sys", "mnt", "mnt/root", "lib", "lib/modules")
+    ]
+    entries.append(CpioEntry("dev/console", stat.S_IFCHR | 0o600, rdev=(5, 1)))
+    entries.append(CpioEntry("bin/busybox", x, busybox.read_bytes()))
+    entries.append(CpioEntry("bin/sh", stat.S_IFLNK | 0o777, b"busybox"))
+    entries.append(CpioEntry("init", x, _script("init.sh")))
+    entries.append(CpioEntry("enter.sh", stat.S_IFREG | 0o644, _script("enter.sh")))
+    for name in MODULES:
+        entries.append(
+            CpioEntry(f"lib/modules/{name}.ko", stat.S_IFREG | 0o644, kernel.module(name).read_bytes())
+        )
+    return entries
+
+
+def build_initramfs(kernel: GuestKernel, cache_dir: Path, busybox: Path = BUSYBOX) -> Path:
+    """The cached initramfs for this kernel, busybox and init; built when any of them changed."""
+    if not busybox.is_file():
+        raise GuestError(f"{busybox} missing: install busybox-static (`make setup`)")
+    archive = newc_archive(_base_entries(kernel, busybox))
+    digest = hashlib.sha256(archive).hexdigest()[:16]
+    path = cache_dir / f"initramfs-{digest}.cpio"
+    if not path.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, archive)
+    return path
+
+
+def shell_words(words: Sequence[str]) -> str:
+    """``words`` quoted so that a POSIX shell (busybox sh) reads them back exactly."""
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def job_archive(argv: Sequence[str], env: Mapping[str, str], job: str) -> bytes:
+    """The per-job archive appended to the initramfs: ``/job/run.sh`` for init.sh to source."""
+    if not argv:
+        raise ValueError(f"job {job}: empty command")
+    if any("\0" in a for a in argv):
+        raise ValueError(f"job {job}: NUL byte in the command")
+    for key, value in env.items():
+        if not _ENV_KEY.fullmatch(key):
+            raise ValueError(f"job {job}: environment variable name {key!r} is not a shell name")
+        if "\0" in value:
+            raise ValueError(f"job {job}: NUL byte in environment variable {key}")
+    script = (
+        f"# job {shell_words([job])}\n"
+        f"set -- {shell_words(argv)}\n"
+        f"JOB_ENV={shlex.quote(shell_words([f'{k}={v}' for k, v in env.items()]))}\n"
+    )
+    return newc_archive(
+        [
+            CpioEntry("job", stat.S_IFDIR | 0o755),
+            CpioEntry("job/run.sh", stat.S_IFREG | 0o644, script.encode()),
+        ]
+    )
+
+
+def write_job_initrd(base: Path, archive: bytes, dest: Path) -> None:
+    """The job's initrd: the cached base followed by its own archive (4-byte aligned already)."""
+    with base.open("rb") as src, dest.open("wb") as out:
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
+        out.write(archive)
