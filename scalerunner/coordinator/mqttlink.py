@@ -28,7 +28,9 @@ from paho.mqtt.properties import Properties
 from ..protocol.mqtt import (
     Command,
     CoordinatorState,
+    JobStatus,
     Kind,
+    LogChunk,
     NodeState,
     PayloadError,
     Reply,
@@ -79,6 +81,8 @@ class MqttSettings:
 
 StateHandler = Callable[[NodeState], Awaitable[None]]
 TelemetryHandler = Callable[[Telemetry], Awaitable[None]]
+JobStatusHandler = Callable[[JobStatus], Awaitable[None]]
+LogChunkHandler = Callable[[LogChunk], Awaitable[None]]
 
 
 class CoordinatorLink:
@@ -91,12 +95,16 @@ class CoordinatorLink:
         known_nodes: Callable[[str], bool],
         on_state: StateHandler,
         on_telemetry: TelemetryHandler,
+        on_job_status: JobStatusHandler | None = None,
+        on_job_log: LogChunkHandler | None = None,
         version: str = "",
     ) -> None:
         self.settings = settings
         self._known = known_nodes
         self._on_state = on_state
         self._on_telemetry = on_telemetry
+        self._on_job_status = on_job_status
+        self._on_job_log = on_job_log
         self._version = version
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
@@ -162,7 +170,10 @@ class CoordinatorLink:
             try:
                 async with client:
                     self._client = client
-                    for kind in (Kind.STATE, Kind.TELEMETRY, Kind.REPLY):
+                    kinds = [Kind.STATE, Kind.TELEMETRY, Kind.REPLY]
+                    kinds += [Kind.JOB_STATUS] if self._on_job_status else []
+                    kinds += [Kind.JOB_LOG] if self._on_job_log else []
+                    for kind in kinds:
                         await client.subscribe(node_filter(s.cluster, kind), qos=1)
                     await self._publish_state("online")
                     self._connected.set()
@@ -212,6 +223,21 @@ class CoordinatorLink:
                     return
                 self.ingested["telemetry"] += 1
                 await self._on_telemetry(tele)
+            elif ref.kind in (Kind.JOB_STATUS, Kind.JOB_LOG):
+                job_msg: JobStatus | LogChunk
+                if ref.kind is Kind.JOB_STATUS:
+                    job_msg = decode(bytes(data), JobStatus)
+                else:
+                    job_msg = decode(bytes(data), LogChunk)
+                if job_msg.node != ref.node or job_msg.job != ref.job:
+                    named = f"node {job_msg.node!r}, job {job_msg.job!r}"
+                    self._reject("node_mismatch", topic, f"payload names {named}")
+                    return
+                self.ingested[ref.kind.value] += 1
+                if isinstance(job_msg, JobStatus) and self._on_job_status is not None:
+                    await self._on_job_status(job_msg)
+                elif isinstance(job_msg, LogChunk) and self._on_job_log is not None:
+                    await self._on_job_log(job_msg)
             elif ref.kind is Kind.REPLY:
                 reply = decode(bytes(data), Reply)
                 corr = _correlation(message)
