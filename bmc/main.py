@@ -32,6 +32,7 @@ EV_WATCHDOG = const(0x0101)
 EV_CONSOLE_DROP = const(0x0120)
 EV_CONSOLE_CLOSED = const(0x0121)
 EV_SENSOR = const(0x0122)
+EV_CONSOLE_NODE_DROP = const(0x0123)
 EV_LINK_DROPS = const(0x0200)
 
 _CONTROL_MS = const(10)
@@ -219,6 +220,10 @@ class Bmc:
             if n:
                 self.event(power.WARNING, EV_CONSOLE_DROP,
                            "console dropped %d bytes (total %d)" % (n, self.console.dropped))
+            n = self.console.take_node_drops()
+            if n:
+                self.event(power.WARNING, EV_CONSOLE_NODE_DROP,
+                           "console dropped %d bytes for the node (total %d)" % (n, self.console.node_dropped))
             self.report_drops()
             self.periodic_status()
             self.hal.feed_watchdog()
@@ -228,6 +233,7 @@ class Bmc:
         while self.running:
             try:
                 self.console.poll_uart()
+                self.console.flush_node()
             except (EOFError, OSError):
                 self.event(power.WARNING, EV_CONSOLE_CLOSED, "node console closed")
                 return
@@ -251,9 +257,10 @@ class Bmc:
     def counters(self):
         d = self.link.drops
         drops = " ".join("%s=%d" % (k, d[k]) for k in sorted(d) if d[k])
-        return "drops: %s; retransmits=%d console_dropped=%d to_host=%d to_node=%d replies_lost=%d" % (
-            drops or "none", self.link.retransmits, self.console.dropped, self.console.to_host,
-            self.console.to_node, self.replies_lost)
+        return ("drops: %s; retransmits=%d console_dropped=%d node_dropped=%d to_host=%d to_node=%d"
+                " replies_lost=%d") % (
+            drops or "none", self.link.retransmits, self.console.dropped, self.console.node_dropped,
+            self.console.to_host, self.console.to_node, self.replies_lost)
 
 
 def main():

@@ -562,6 +562,41 @@ def test_console_ring_counts_every_dropped_byte_and_sends_only_as_the_window_all
     assert bytes.fromhex(data) == bytes(i & 0xFF for i in range(500))  # in order across the ring's wrap
 
 
+def test_bytes_for_the_node_wait_for_a_slow_uart_in_order_and_overflow_is_counted(tmp_path: Path) -> None:
+    # machine.UART.write with timeout=0 takes only what fits its buffer (None when nothing did)
+    out = run_mpy(
+        tmp_path,
+        """
+        import console
+        class Uart:
+            def __init__(self):
+                self.room = 0
+                self.got = bytearray()
+            def write(self, data):
+                n = min(self.room, len(data))
+                self.room -= n
+                self.got += data[:n]
+                return n or None
+        u = Uart()
+        c = console.ConsoleBridge(u, None, node_size=500)
+        u.room = 100
+        c.from_host(bytes(range(250)))  # 100 written, 150 wait
+        out(len(u.got), c.node_pending(), c.to_node, c.node_dropped)
+        c.from_host(bytes(i & 0xFF for i in range(250, 650)))  # behind them: 350 of 400 fit, 50 dropped
+        out(len(u.got), c.node_pending(), c.take_node_drops(), c.take_node_drops(), c.node_dropped)
+        c.flush_node()  # the UART is still full: nothing moves
+        u.room = 10_000
+        c.flush_node()
+        out(c.node_pending(), c.to_node, u.got.hex())
+    """,
+    )
+    assert out[0] == [100, 150, 100, 0]
+    assert out[1] == [100, 500, 50, 0, 50]
+    pending, to_node, got = out[2]
+    assert (pending, to_node) == (0, 600)
+    assert bytes.fromhex(got) == bytes(i & 0xFF for i in range(600))  # in order; the newest 50 were dropped
+
+
 def test_every_module_of_the_manifest_compiles_with_mpy_cross(tmp_path: Path) -> None:
     manifest = (REPO / "bmc" / "manifest.py").read_text()
     modules = re.findall(r'^module\("([\w.]+)"(?:, base_path="([^"]+)")?\)', manifest, re.M)
