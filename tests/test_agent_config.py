@@ -272,6 +272,7 @@ def test_the_example_in_docs_agent_md_is_valid_and_shows_every_key() -> None:
         "broker": config_module._Broker,
         "telemetry": config_module._Telemetry,
         "capacity": config_module._Capacity,
+        "jobs": config_module._Jobs,
     }
     for f in fields(config_module._File):
         assert re.search(rf"^(\[{f.name}\]|{f.name} = )", example, re.M), f.name

@@ -124,10 +124,10 @@ def test_reboot_with_a_command_is_run_once() -> None:
     assert not again.reply.ok and again.action is Action.NONE and "in progress" in again.reply.error
 
 
-@pytest.mark.parametrize("name", ["run", "cancel"])
-def test_job_commands_are_refused_until_the_runtimes_exist(name: str) -> None:
+@pytest.mark.parametrize("name", ["run", "cancel", "resend_log"])
+def test_job_commands_go_to_the_job_executor_and_change_no_control_state(name: str) -> None:
     d = decide(Control(), _cmd(name), now=1.0, reboot_configured=True, led_configured=True)
-    assert not d.reply.ok and "not supported" in d.reply.error and d.action is Action.NONE
+    assert d.action is Action.JOB and d.control == Control() and d.cmd == name
 
 
 @pytest.mark.parametrize(

@@ -44,6 +44,8 @@ from ..protocol.mqtt import (
     node_topic,
 )
 from .config import AgentConfig
+from .jobs import JobExecutor, LinkDown
+from .runtime import make_runtime
 from .telemetry import ProcReader, Sampler, normalise_arch
 
 if TYPE_CHECKING:
@@ -59,6 +61,8 @@ CLOCK_FLOOR_MS = 1_735_689_600_000  # 2025-01-01T00:00:00Z
 IDENTIFY_S = 30.0  # how long identify shows on the LED when the command gives no args.seconds
 INCOMING_QUEUE = 64  # commands waiting to be handled; more are dropped by aiomqtt (and logged)
 OUTGOING_QUEUE = 32  # paho's in-flight messages per connection
+JOB_PUBLISH_TIMEOUT = 2.0  # s for the PUBACK of a job message; a dropped connection never sends it
+JOB_COMMANDS = ("run", "cancel", "resend_log")
 
 
 # -- functional core ------------------------------------------------------------------------
@@ -107,6 +111,7 @@ class Action(StrEnum):
     STATE = "state"  # republish the retained state (the draining flag changed)
     IDENTIFY = "identify"  # show identify on the LED until Control.identify_until
     REBOOT = "reboot"  # run the configured reboot command
+    JOB = "job"  # a job command: the job executor answers it
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,8 @@ def decide(
             return _refuse(control, name, "reboot already in progress")
         new = dataclasses.replace(control, rebooting=True)
         return Decision(new, Reply(ok=True, result={"rebooting": True}), Action.REBOOT, name)
+    if name in JOB_COMMANDS:
+        return Decision(control, Reply(ok=True), Action.JOB, name)
     return _refuse(control, name, f"{name} is not supported by this agent yet")
 
 
@@ -230,6 +237,7 @@ class Agent:
         self._runner: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self.led: LedDriver | None = None  # with led_serial: the LED indicator's driver
+        self.jobs: JobExecutor | None = None  # runs the coordinator's jobs (nodeagent/jobs)
         self.connects = 0
         self.telemetry_sent = 0
         self.telemetry_dropped = 0
@@ -269,6 +277,19 @@ class Agent:
                 " connecting with the user name only",
                 extra=self._extra(user=c.username),
             )
+        if self.jobs is None:
+            self.jobs = JobExecutor(
+                cluster=c.cluster,
+                node=c.node,
+                runtime=make_runtime(c.job_runtime),
+                work_dir=c.job_dir or c.state_dir / "jobs",
+                capacity=capacity,
+                link=_JobLink(self),
+                draining=lambda: self.control.draining,
+                clock=self._clock,
+                keep_s=c.job_keep_logs,
+            )
+            await self.jobs.start()
         self._stopping = False
         self._runner = asyncio.create_task(self._run(), name=f"agent-{c.node}")
 
@@ -297,6 +318,9 @@ class Agent:
                 mqtt_log.info("offline state published", extra=self._extra(conn_seq=self.conn_seq))
             except aiomqtt.MqttError as exc:
                 mqtt_log.warning("cannot publish offline state: %s", exc, extra=self._extra())
+        if self.jobs is not None:  # kills what still runs; the coordinator's lease fails those attempts
+            await self.jobs.stop()
+            self.jobs = None
         runner = self._runner
         if runner is not None and not runner.done():
             runner.cancel()
@@ -395,6 +419,11 @@ class Agent:
         reply = d.reply
         if d.action is Action.REBOOT:
             reply = await self._start_reboot()
+        elif d.action is Action.JOB:
+            if self.jobs is None:
+                reply = Reply(ok=False, error=f"node {self.config.node}: the job executor is not running")
+            else:
+                reply = self.jobs.handle(decode(data, Command))
         elif d.action is Action.IDENTIFY:
             until = self.control.identify_until
             if self.led is not None and until is not None:
@@ -469,7 +498,7 @@ class Agent:
             if due < now:  # the loop stalled (suspend, overload): skip the missed ticks
                 due = now
             await asyncio.sleep(due - now)
-            tele = self._sampler.sample(self._clock())
+            tele = self._sampler.sample(self._clock(), self.jobs.running() if self.jobs is not None else ())
             client = self._client
             if tele is None:
                 continue
@@ -483,3 +512,26 @@ class Agent:
                 self.telemetry_sent += 1
             except aiomqtt.MqttError:
                 self.telemetry_dropped += 1
+
+
+class _JobLink:
+    """The agent's connection as the job executor sees it (jobs.Link): publish and wait for PUBACK."""
+
+    def __init__(self, agent: Agent) -> None:
+        self._agent = agent
+
+    @property
+    def online(self) -> bool:
+        return self._agent.online
+
+    async def wait_online(self) -> None:
+        await self._agent._online.wait()
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int) -> None:
+        client = self._agent._client
+        if client is None or not self._agent.online:
+            raise LinkDown("not connected")
+        try:
+            await client.publish(topic, payload, qos=qos, timeout=JOB_PUBLISH_TIMEOUT)
+        except aiomqtt.MqttError as exc:
+            raise LinkDown(str(exc)) from exc
