@@ -77,3 +77,34 @@ class CommandResult(BaseModel):
 class ErrorBody(BaseModel):
     error: str
     node: str | None = None
+
+
+class PowerRequest(BaseModel):
+    nodes: list[str] = Field(min_length=1, max_length=4096, description="the nodes to act on")
+    reason: str = Field(default="operator request", max_length=500)
+
+
+class PowerResult(BaseModel):
+    """One node's outcome of a power action or status read."""
+
+    node: str
+    ok: bool
+    outlet: str = Field(default="", description='the switch port ("sw1:7") or BMC ("bmc:/dev/ttyACM0")')
+    state: str = Field(default="", description="on, off, searching, fault or unknown (when ok)")
+    watts: float | None = None
+    cause: str = Field(
+        default="", description="why it failed: timeout, fault, not-assigned, refused, unknown-node, ..."
+    )
+    message: str = ""
+
+
+class EnergyView(BaseModel):
+    node: str
+    since: float
+    until: float
+    wh: float = Field(description="watt-hours drawn within the window")
+    covered_s: float = Field(description="seconds of the window that power samples cover")
+    samples: int
+    mean_w: float | None = None
+    job: str = ""
+    attempt: int = 0

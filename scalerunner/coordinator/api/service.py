@@ -3,7 +3,8 @@ is tested without a broker and the coordinator without HTTP."""
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Any, Protocol
 
 from .models import EventView, HealthName, NodeView
 
@@ -26,3 +27,17 @@ class NodeService(Protocol):
     async def events(self, node: str | None, after_id: int | None, limit: int) -> list[EventView]: ...
 
     def metrics(self) -> bytes: ...  # Prometheus text format
+
+
+class PowerApi(Protocol):
+    """Node power (coordinator/power/service.py); results are per node, never one error for all."""
+
+    async def act(self, names: Sequence[str], op: Any, reason: str = ...) -> Sequence[Any]: ...
+
+    async def status(self, names: Sequence[str] | None = None) -> Sequence[Any]: ...
+
+    async def energy(
+        self, names: Sequence[str] | None, since: float | None, until: float | None
+    ) -> Sequence[Any]: ...
+
+    async def job_energy(self, job_id: str) -> Sequence[Any]: ...  # LookupError: no such job

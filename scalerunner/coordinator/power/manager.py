@@ -222,7 +222,7 @@ class PowerManager:
         """``op`` on every node in parallel, one result per node (ok or its error)."""
         names = unique(nodes)
         got = await asyncio.gather(*(self.run(n, op) for n in names), return_exceptions=True)
-        return shape(names, dict(zip(names, got, strict=True)), self._outlet_names(names))
+        return shape(names, dict(zip(names, got, strict=True)), self.outlet_names(names))
 
     # -- status and energy ------------------------------------------------------------------
 
@@ -257,7 +257,7 @@ class PowerManager:
                 )
 
         await asyncio.gather(*(read(d, m) for d, m in per_device.items()))
-        return shape(names, outcomes, self._outlet_names(names))
+        return shape(names, outcomes, self.outlet_names(names))
 
     async def sample(self) -> int:
         """Read every outlet's power once into the store; how many samples were written."""
@@ -291,7 +291,7 @@ class PowerManager:
                 log.warning("power sampling failed: %s", exc)
             await asyncio.sleep(self.sample_interval)
 
-    def _outlet_names(self, names: Sequence[str]) -> dict[str, str]:
+    def outlet_names(self, names: Sequence[str]) -> dict[str, str]:
         return {n: self.outlets.by_node[n].name for n in names if n in self.outlets.by_node}
 
 
