@@ -89,6 +89,9 @@ class PoeSwitchModel:
     max_w: float = 7.5
     consumption_in_mw: bool = False
     name: str = "sim-switch"
+    # Ports whose pethPsePortAdminEnable the switch refuses to change (wrongValue), as a switch
+    # does for a port its own configuration pins.
+    locked: set[int] = field(default_factory=set)
     port_state: dict[int, SimPort] = field(init=False)
     _started: float = field(init=False, default_factory=time.monotonic)
     _oids: list[OID] = field(init=False)

@@ -101,7 +101,7 @@ class _Instrumentation(AbstractMibInstrumController):  # type: ignore[misc]
                 raise smi_error.NoCreationError(name=name, idx=idx)
             if not isinstance(value, univ.Integer):
                 raise smi_error.WrongTypeError(name=name, idx=idx)
-            if int(value) not in (1, 2):
+            if int(value) not in (1, 2) or port in model.locked:
                 raise smi_error.WrongValueError(name=name, idx=idx)
             wanted.append((port, int(value) == 1))
         for port, on in wanted:

@@ -12,14 +12,15 @@ docs/switches.md says how to add a profile.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import msgspec
 
 from ..errors import ConfigError
-from ..inventory import _explain
+from ..inventory import dotted
 
 __all__ = [
     "DEFAULT_DIR",
@@ -112,6 +113,27 @@ class Profile(_Table, frozen=True, kw_only=True):
         return None
 
 
+_AT_RE = re.compile(r"^(?P<msg>.*) - at `\$(?P<path>[^`]*)`$", re.S)
+_CHOICES = {"unit": get_args(Unit), "main_consumption_unit": get_args(Unit), "index": get_args(IndexKind)}
+
+
+def _explain(message: str) -> tuple[str, str]:
+    """msgspec's message -> (dotted key, words a TOML author knows)."""
+    m = _AT_RE.match(message)
+    msg, path = (m.group("msg"), m.group("path")) if m else (message, "")
+    segments: list[str | int] = [int(i) if i else k for k, i in re.findall(r"\.(\w+)|\[(\d+)\]", path)]
+    if found := re.match(r"^Object contains unknown field `(.*)`$", msg):
+        return dotted([*segments, found.group(1)]), "unknown key"
+    if found := re.match(r"^Object missing required field `(.*)`$", msg):
+        return dotted([*segments, found.group(1)]), "required key is missing"
+    last = segments[-1] if segments else ""
+    if msg.startswith("Invalid enum value") and isinstance(last, str) and last in _CHOICES:
+        return dotted(segments), f"{msg}; must be one of " + ", ".join(repr(c) for c in _CHOICES[last])
+    if msg.startswith("Expected `str` matching regex") and last in ("oid", *PethOids.__struct_fields__):
+        return dotted(segments), "must be a numeric OID such as 1.3.6.1.2.1.105.1.1.1.3"
+    return dotted(segments), msg
+
+
 def loads_profile(text: str, path: str | Path) -> Profile:
     """Validate TOML ``text`` as the profile file ``path``; its name must match the file name."""
     path = Path(path)
@@ -122,7 +144,7 @@ def loads_profile(text: str, path: str | Path) -> Profile:
     try:
         profile = msgspec.convert(data, type=Profile)
     except msgspec.ValidationError as exc:
-        key, detail = _explain(str(exc), data)
+        key, detail = _explain(str(exc))
         raise ConfigError(str(path), key, detail) from exc
     if profile.name != path.stem:
         raise ConfigError(str(path), "name", f"is {profile.name!r}, but the file is {path.name!r}")
