@@ -15,6 +15,7 @@ from .demo import demo as serial_demo
 from .demo_control import control_plane
 from .fw import fw
 from .nodes import drain, events, identify, nodes, reboot, undrain
+from .power import energy, power
 from .proto import proto
 from .serial_cmds import bmc, console, led
 from .sim import sim
@@ -33,7 +34,7 @@ cli.add_command(led)
 cli.add_command(console)
 cli.add_command(fw)
 cli.add_command(sim)
-for _cmd in (up, nodes, drain, undrain, identify, reboot, events):
+for _cmd in (up, nodes, drain, undrain, identify, reboot, events, power, energy):
     cli.add_command(_cmd)
 
 
