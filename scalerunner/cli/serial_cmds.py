@@ -20,7 +20,15 @@ from typing import Any, BinaryIO, TypeVar
 import click
 
 from ..coordinator.errors import ConfigError
-from ..coordinator.serial import BmcClient, BmcStatus, DeviceError, LedClient, LedState
+from ..coordinator.serial import (
+    BMC_BAUD,
+    LED_BAUD,
+    BmcClient,
+    BmcStatus,
+    DeviceError,
+    LedClient,
+    LedState,
+)
 from ..coordinator.serial.ports import NodePortError, PortKey, node_port
 from ..protocol.enums import BootMode, LedMode, PowerAction
 from ..protocol.errors import EncodeError, LinkError
@@ -63,16 +71,23 @@ def _port_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         show_default=True,
         help="Seconds to wait for the device's answer.",
     )(fn)
-    fn = click.option("--baud", type=int, default=115200, show_default=True)(fn)
     return fn
 
 
+def _baud(default: int) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--baud", type=int, default=default, show_default=True, help="The line's rate (the firmware's)."
+    )
+
+
 def _bmc_target(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return _target_options("The BMC's serial port (e.g. /dev/ttyACM1)")(fn)
+    fn = _baud(BMC_BAUD)(fn)
+    return _target_options("The BMC's serial port (e.g. /dev/ttyUSB1)")(fn)
 
 
 def _led_target(fn: Callable[..., Any]) -> Callable[..., Any]:
-    return _target_options("The LED indicator's serial port (e.g. /dev/ttyACM0)")(fn)
+    fn = _baud(LED_BAUD)(fn)
+    return _target_options("The LED indicator's serial port (e.g. /dev/ttyUSB0)")(fn)
 
 
 def _resolve(node: str | None, port: str | None, config: Path, key: PortKey) -> tuple[str, str]:
@@ -335,7 +350,6 @@ async def _console_session(
 
 @click.command("console")
 @_bmc_target
-@click.option("--baud", type=int, default=115200, show_default=True)
 @click.option("--timeout", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
 @click.option(
     "--log", "log_path", type=click.Path(dir_okay=False), help="Also append the node's output here."

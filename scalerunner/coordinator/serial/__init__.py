@@ -9,12 +9,14 @@ from __future__ import annotations
 
 from ...protocol.errors import LinkClosed, LinkError, PeerTimeout
 from ._base import DEFAULT_TIMEOUT, DeviceClient, DeviceError, Hello
-from .bmc import BmcClient, BmcConsole, BmcStatus, LogEntry
-from .led import EV_STATE, LedClient, LedState, parse_state
+from .bmc import BMC_BAUD, BmcClient, BmcConsole, BmcStatus, LogEntry
+from .led import EV_STATE, LED_BAUD, LedClient, LedState, parse_state
 
 __all__ = [
+    "BMC_BAUD",
     "DEFAULT_TIMEOUT",
     "EV_STATE",
+    "LED_BAUD",
     "BmcClient",
     "BmcConsole",
     "BmcStatus",

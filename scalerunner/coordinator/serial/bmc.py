@@ -8,8 +8,11 @@ from dataclasses import dataclass
 
 from ...protocol.enums import BootMode, EventLevel, MsgType, PowerAction, PowerState
 from ...protocol.errors import PeerTimeout
+from ...protocol.link import ByteStream
 from ...protocol.messages import Message
-from ._base import DeviceClient, _int, _str, enum_value
+from ._base import DEFAULT_TIMEOUT, DeviceClient, _int, _str, enum_value
+
+BMC_BAUD = 1_000_000  # the BMC's host line (bmc/hal_rp2.py: UART0 at 1 Mbaud)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,11 @@ class BmcClient(DeviceClient):
     (``await bmc.console.write(b"...")``, ``await bmc.console.read()``).
     """
 
+    def __init__(
+        self, port: str | ByteStream, *, baud: int = BMC_BAUD, timeout: float = DEFAULT_TIMEOUT
+    ) -> None:
+        super().__init__(port, baud=baud, timeout=timeout)
+
     async def status(self) -> BmcStatus:
         return _status(
             await self._exchange([Message.make("STATUS_GET")], _is_status, refs={MsgType.STATUS_GET})
@@ -151,4 +159,4 @@ class BmcConsole:
         return await self._client.link.console.read(self._port)
 
 
-__all__ = ["BmcClient", "BmcConsole", "BmcStatus", "LogEntry"]
+__all__ = ["BMC_BAUD", "BmcClient", "BmcConsole", "BmcStatus", "LogEntry"]

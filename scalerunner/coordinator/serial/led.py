@@ -9,6 +9,7 @@ from ...protocol.enums import LedMode, MsgType
 from ...protocol.messages import Message
 from ._base import DeviceClient, _str, enum_value
 
+LED_BAUD = 115_200  # the LED indicator's host line (ledfw/hal_rp2.py: UART0 at 115 200 baud)
 EV_STATE = 0x0110  # the EVENT that answers STATUS_GET: "mode=NAME lost=N px=HEX"
 _STATE_RE = re.compile(r"mode=(\w+) lost=(\d+) px=([0-9a-fA-F]*)")
 
@@ -79,4 +80,4 @@ class LedClient(DeviceClient):
         return await self._then_state(None)
 
 
-__all__ = ["EV_STATE", "LedClient", "LedState", "parse_state"]
+__all__ = ["EV_STATE", "LED_BAUD", "LedClient", "LedState", "parse_state"]
