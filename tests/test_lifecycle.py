@@ -24,6 +24,8 @@ from scalerunner.coordinator.lifecycle import (
     Event,
     HealthCheckResult,
     LifecycleConfig,
+    LinkDown,
+    LinkUp,
     NodeLifecycle,
     NodeRecord,
     OperatorReset,
@@ -638,6 +640,72 @@ def test_docs_describe_every_state_health_event_and_action() -> None:
         assert f"`{key}`" in section, key
 
 
+# --- the coordinator's own MQTT link ---------------------------------------------------------------
+
+
+def test_a_broker_outage_longer_than_the_timeout_marks_no_node_offline() -> None:
+    run = busy_node()
+    assert run(LinkDown(at=25)) == ([], [])
+    assert next_deadline(run.node, CFG) is None  # the ticker has nothing to decide while deaf
+    assert run(Tick(at=25 + 10 * CFG.telemetry_timeout)) == ([], [])
+    assert run.node.state is S.BUSY and run.node.jobs == ("j1", "j2")
+    assert run(LinkUp(at=400)) == ([], [])
+    assert next_deadline(run.node, CFG) == 400 + CFG.telemetry_timeout  # the grace
+    assert run(Tick(at=400 + CFG.telemetry_timeout - 1)) == ([], [])
+    run(Telemetry(at=410, jobs=("j1", "j2")))  # heard again within the grace: nothing happened
+    assert run.node.state is S.BUSY and run.transitions[-1].at < 25
+
+
+def test_a_node_not_heard_within_the_grace_after_the_link_is_back_goes_offline_saying_so() -> None:
+    run = idle_node()
+    run(LinkDown(at=25))
+    run(LinkUp(at=300))
+    transitions, actions = run.tick_to_deadline()
+    assert run.states(transitions) == [("idle", "offline")] and actions == []
+    assert transitions[0].at == 300 + CFG.telemetry_timeout
+    assert "not heard within 30 s of the coordinator's reconnect" in transitions[0].reason
+
+
+def test_each_reconnect_gives_a_grace_counted_from_it() -> None:
+    run = idle_node()  # last heard at 21: its own deadline is 51
+    run(LinkDown(at=22))
+    run(LinkUp(at=23))  # a blip: the grace (53) ends after the node's own deadline, so it wins
+    assert next_deadline(run.node, CFG) == 23 + CFG.telemetry_timeout
+    run(LinkDown(at=200))
+    run(LinkUp(at=201))
+    assert next_deadline(run.node, CFG) == 201 + CFG.telemetry_timeout
+
+
+def test_no_boot_timeout_and_no_recovery_power_cycle_fire_while_the_link_is_down() -> None:
+    booting = Run(new_node("n1", health=Health.GOOD, reason="test"))
+    booting(PowerOn(at=0))
+    booting(LinkDown(at=1))
+    assert booting(Tick(at=CFG.boot_timeout + 100)) == ([], [])
+    booting(LinkUp(at=CFG.boot_timeout + 100))
+    assert next_deadline(booting.node, CFG) == CFG.boot_timeout + 100 + CFG.telemetry_timeout
+    booting(online(CFG.boot_timeout + 110))  # its agent reconnected within the grace
+    assert booting.node.state is S.ONLINE and not booting.actions[1:]
+
+    lost = busy_node()
+    lost.tick_to_deadline()  # silent while busy: offline, recovery due after the back-off
+    assert lost.node.recovery_at is not None
+    due = lost.node.recovery_at
+    lost(LinkDown(at=due - 1))
+    assert lost(Tick(at=due + 100)) == ([], [])
+    lost(LinkUp(at=due + 100))
+    transitions, _ = lost(online(due + 101, seq=2))
+    assert lost.states(transitions) == [("offline", "online")]
+    assert not any(isinstance(a, PowerCycle) for a in lost.actions)
+
+
+def test_a_will_that_arrives_while_the_link_is_up_again_still_acts_at_once() -> None:
+    run = idle_node()
+    run(LinkDown(at=25))
+    run(LinkUp(at=30))
+    transitions, _ = run(will(31))
+    assert run.states(transitions) == [("idle", "offline")]
+
+
 # --- the stateful exploration ----------------------------------------------------------------------
 
 SMALL = LifecycleConfig(boot_timeout=20, telemetry_timeout=5, backoff_base=2, backoff_cap=6, max_recoveries=2)
@@ -711,6 +779,15 @@ class LifecycleMachine(RuleBasedStateMachine):
                 assert new.state is S.BOOTING and a.attempt <= SMALL.max_recoveries
             if isinstance(a, RequeueJobs):
                 assert a.jobs and a.jobs == old.jobs and new.jobs == ()
+        # the link events are no news about the node; while deaf, ticks decide nothing; and after
+        # the link is back, nothing is judged by silence before the grace is over
+        if isinstance(event, LinkDown | LinkUp):
+            assert transitions == [] and actions == []
+        if isinstance(event, Tick) and old.link_down:
+            assert new == old and transitions == [] and actions == []
+        grace = None if old.link_up_at is None else old.link_up_at + SMALL.telemetry_timeout
+        if isinstance(event, Tick) and grace is not None and event.at < grace:
+            assert transitions == [] and actions == [], (old, event)
         # a tick at a deadline always moves the deadline on: the shell never spins
         if isinstance(event, Tick):
             due = next_deadline(new, SMALL)
@@ -778,6 +855,14 @@ class LifecycleMachine(RuleBasedStateMachine):
     def reset(self) -> None:
         self.apply(OperatorReset(at=self.advance(0.5)))
 
+    @rule(dt=st.floats(0, 8))
+    def link_down(self, dt: float) -> None:
+        self.apply(LinkDown(at=self.advance(dt)))
+
+    @rule(dt=st.floats(0, 8))
+    def link_up(self, dt: float) -> None:
+        self.apply(LinkUp(at=self.advance(dt)))
+
     @invariant()
     def record_is_consistent(self) -> None:
         n = self.node
@@ -792,6 +877,8 @@ class LifecycleMachine(RuleBasedStateMachine):
             assert n.check_pending
         if n.state in CONNECTED:
             assert n.conn_online
+        if n.link_down:
+            assert next_deadline(n, SMALL) is None
         assert (n.state is S.DRAINING) == (n.drain_reason is not None and n.state in CONNECTED)
 
     @invariant()

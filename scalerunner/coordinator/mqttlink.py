@@ -83,6 +83,7 @@ StateHandler = Callable[[NodeState], Awaitable[None]]
 TelemetryHandler = Callable[[Telemetry], Awaitable[None]]
 JobStatusHandler = Callable[[JobStatus], Awaitable[None]]
 LogChunkHandler = Callable[[LogChunk], Awaitable[None]]
+LinkHandler = Callable[[bool], Awaitable[None]]  # True: connected and subscribed; False: not connected
 
 
 class CoordinatorLink:
@@ -97,6 +98,7 @@ class CoordinatorLink:
         on_telemetry: TelemetryHandler,
         on_job_status: JobStatusHandler | None = None,
         on_job_log: LogChunkHandler | None = None,
+        on_link: LinkHandler | None = None,
         version: str = "",
     ) -> None:
         self.settings = settings
@@ -105,6 +107,7 @@ class CoordinatorLink:
         self._on_telemetry = on_telemetry
         self._on_job_status = on_job_status
         self._on_job_log = on_job_log
+        self._on_link = on_link
         self._version = version
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
@@ -155,6 +158,7 @@ class CoordinatorLink:
             qos=1,
             retain=True,
         )
+        await self._link_changed(False)  # not connected yet: nothing is heard until the first connect
         while True:
             client = aiomqtt.Client(
                 s.host,
@@ -179,16 +183,29 @@ class CoordinatorLink:
                     self._connected.set()
                     delay = 0.5
                     log.info("connected", extra={"endpoint": self.endpoint})
+                    await self._link_changed(True)
                     async for message in client.messages:
                         await self._dispatch(message)
             except aiomqtt.MqttError as exc:
                 log.warning("broker connection lost: %s", exc, extra={"endpoint": self.endpoint})
             finally:
+                was_connected = self._connected.is_set()
                 self._connected.clear()
                 self._client = None
+            if was_connected:
+                await self._link_changed(False)
             self.reconnects += 1
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 10.0)
+
+    async def _link_changed(self, up: bool) -> None:
+        """Tell ``on_link``: the nodes' silence is not theirs while this connection is down."""
+        if self._on_link is None:
+            return
+        try:
+            await self._on_link(up)
+        except Exception:  # the link goes on; the handler's bug is logged with its traceback
+            log.exception("link handler failed", extra={"endpoint": self.endpoint, "up": up})
 
     def _reject(self, reason: str, topic: str, detail: str) -> None:
         self.rejected[reason] += 1

@@ -110,7 +110,8 @@ class NodeManager:
         for node in self.inventory.nodes:
             row = stored.get(node.name)
             if row is not None:
-                rec = from_store(row)
+                # The link starts up: LinkDown/LinkUp come from this run's MQTT link.
+                rec = dataclasses.replace(from_store(row), link_down=False, link_up_at=None)
                 if rec.state in lc.CONNECTED:
                     # Nothing was heard while the coordinator was down: count a connected node's
                     # silence from this start, or a restart would declare every node lost (and
@@ -152,7 +153,7 @@ class NodeManager:
         async with self._lock:
             old = self.records[name]
             new, transitions, actions = lc.step(old, event, self.config)  # may raise: nothing changed
-            quiet = isinstance(event, lc.Telemetry | lc.Tick) and not transitions
+            quiet = isinstance(event, lc.Telemetry | lc.Tick | lc.LinkDown | lc.LinkUp) and not transitions
             if new != old and not (quiet and _only_telemetry_moved(old, new)):
                 await self.store.apply(to_store(new), _events(transitions))
             self.records[name] = new
@@ -248,6 +249,18 @@ class NodeManager:
             log.warning("cannot tell %s to %s again: %s", name, cmd.cmd, exc, extra={"node": name})
         else:
             log.info("%s told to %s again after reconnecting", name, cmd.cmd, extra={"node": name})
+
+    async def on_link(self, up: bool) -> None:
+        """The coordinator's own MQTT connection went down or came back (``lc.LinkDown``/``LinkUp``):
+        while it is down no node is judged by its silence; after it, each has a grace to be heard."""
+        now = self.clock()
+        event: lc.Event = lc.LinkUp(at=now) if up else lc.LinkDown(at=now)
+        for name in list(self.records):
+            await self._step(name, event)
+        self._wake.set()
+        log.info(
+            "MQTT link %s: %s", "up" if up else "down", "grace for every node" if up else "silence not judged"
+        )
 
     async def on_telemetry(self, tele: TelemetryPayload) -> None:
         now = self.clock()
@@ -371,4 +384,12 @@ class NodeManager:
 
 
 def _only_telemetry_moved(old: lc.NodeRecord, new: lc.NodeRecord) -> bool:
-    return dataclasses.replace(new, last_telemetry_at=old.last_telemetry_at, reported=old.reported) == old
+    """Nothing an operator or a restart needs changed: telemetry times, or the link flags."""
+    unchanged = dataclasses.replace(
+        new,
+        last_telemetry_at=old.last_telemetry_at,
+        reported=old.reported,
+        link_down=old.link_down,
+        link_up_at=old.link_up_at,
+    )
+    return unchanged == old
