@@ -113,8 +113,13 @@ class PowerManager:
     async def run(self, node: str, op: sq.Op) -> OutletStatus:
         """Carry out ``op`` on ``node`` now (after any action on the same outlet); the outlet's
         status afterwards, or PowerError naming the outlet and what state it was left in."""
-        outlet = self.outlet(node)
+        return await self.run_outlet(self.outlet(node), op)
+
+    async def run_outlet(self, outlet: Outlet, op: sq.Op) -> OutletStatus:
+        """``op`` on ``outlet``: PowerError "not-assigned" unless the inventory assigns it to a
+        node (an uplink or a free port is never switched, whoever asks)."""
         self.outlets.check(outlet)
+        node = self.outlets.node_of(outlet)
         backend = self.backends.get(outlet.device)
         if backend is None:
             raise PowerError(outlet.name, "unreachable", f"no power back end for {outlet.device}")

@@ -51,6 +51,9 @@ class OutletMap:
         if outlet not in self.assigned:
             raise PowerError(outlet.name, "not-assigned", "powers no node of the inventory: never switched")
 
+    def node_of(self, outlet: Outlet) -> str:
+        return next((n for n, o in self.by_node.items() if o == outlet), "")
+
     @property
     def assigned(self) -> frozenset[Outlet]:
         return frozenset(self.by_node.values())
