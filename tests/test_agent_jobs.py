@@ -189,3 +189,12 @@ def test_a_bad_jobs_key_is_refused_naming_it(text: str, key: str) -> None:
     with pytest.raises(ConfigError) as info:
         parse_config(MINIMAL + f"[jobs]\n{text}\n", source="a.toml")
     assert info.value.key == key
+
+
+def test_the_agent_does_not_load_httpx_until_a_job_has_artifacts() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, scalerunner.nodeagent.agent; print('httpx' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"  # the 30 MB budget of docs/agent.md: httpx alone is ~10 MB

@@ -12,9 +12,11 @@ import stat
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-import httpx
+if TYPE_CHECKING:  # httpx costs the agent ~10 MB: loaded only when a job has artifacts
+    import httpx
 
 __all__ = ["Artifact", "Selection", "UploadError", "select", "upload"]
 
@@ -103,6 +105,8 @@ async def upload(client: httpx.AsyncClient, url: str, token: str, artifact: Arti
         with artifact.path.open("rb") as f:
             while block := f.read(256 * 1024):
                 yield block
+
+    import httpx
 
     target = f"{url.rstrip('/')}/{quote(artifact.name)}"
     try:

@@ -23,9 +23,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import httpx
 import msgspec
 
 from ...protocol.mqtt import (
@@ -46,6 +45,9 @@ from ...protocol.mqtt import (
 from ..runtime.base import JobResult, JobRun, Runtime, RuntimeFault, Stream
 from . import artifacts
 from .spool import LogSpool
+
+if TYPE_CHECKING:
+    import httpx
 
 __all__ = ["ImageSource", "JobExecutor", "Link", "LinkDown", "admit", "finished_status"]
 
@@ -212,7 +214,6 @@ class JobExecutor:
             for stale in self.work_dir.iterdir():
                 shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        self._http = httpx.AsyncClient(timeout=UPLOAD_TIMEOUT_S)
         self._runner = asyncio.create_task(self._run(), name=f"jobs-{self.node}")
         await self._started.wait()
 
@@ -427,7 +428,10 @@ class JobExecutor:
         uploaded: list[str] = []
         if sel.artifacts and not run.upload_url:
             return [], [*notes, "no upload_url given: artifacts not uploaded"]
-        assert self._http is not None
+        if self._http is None:
+            import httpx  # not at module level: ~10 MB the agent carries only once a job has artifacts
+
+            self._http = httpx.AsyncClient(timeout=UPLOAD_TIMEOUT_S)
         for art in sel.artifacts:
             try:
                 await artifacts.upload(self._http, run.upload_url, run.upload_token, art)
