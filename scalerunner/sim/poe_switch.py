@@ -58,7 +58,13 @@ class _Instrumentation(AbstractMibInstrumController):  # type: ignore[misc]
     def __init__(self, switch: SimPoeSwitch) -> None:
         self.switch = switch
 
+    def _check_size(self, var_binds: tuple[Any, ...]) -> None:
+        limit = self.switch.max_varbinds
+        if limit is not None and len(var_binds) > limit:
+            raise smi_error.TooBigError(idx=0)
+
     def read_variables(self, *var_binds: Any, **_ctx: Any) -> list[tuple[Any, Any]]:
+        self._check_size(var_binds)
         model = self.switch.model
         out = []
         for name, _ in var_binds:
@@ -88,11 +94,15 @@ class _Instrumentation(AbstractMibInstrumController):  # type: ignore[misc]
                 out.append((name, rfc1905.endOfMibView))
         return out
 
-    def write_variables(self, *var_binds: Any, **_ctx: Any) -> list[tuple[Any, Any]]:
+    def write_variables(self, *var_binds: Any, **ctx: Any) -> list[tuple[Any, Any]]:
         # Check every binding before changing anything: a SET is all or nothing.
         model = self.switch.model
         wanted: list[tuple[int, bool]] = []
+        request = ctx["snmpEngine"].observer.get_execution_context("rfc3412.receiveMessage:request")
+        read_only = str(request["securityName"]).startswith("sim-ro-")  # see SimPoeSwitch.start()
         for idx, (name, value) in enumerate(var_binds):
+            if read_only:
+                raise smi_error.NoAccessError(name=name, idx=idx)
             oid = tuple(name)
             port = model.admin_write(oid)
             if port is None:
@@ -121,8 +131,11 @@ class SimPoeSwitch:
         communities: Iterable[str] = ("public",),
         read_only_communities: Iterable[str] = (),
         v3_users: Iterable[SnmpV3] = (),
+        max_varbinds: int | None = None,
     ) -> None:
         self.model = model
+        # Like switches that answer tooBig to a GET of more than this many objects.
+        self.max_varbinds = max_varbinds
         self.host = host
         self.port = port
         self.communities = tuple(communities)
@@ -195,11 +208,11 @@ class SimPoeSwitch:
         config.add_transport(eng, udp.DOMAIN_NAME, udp.UdpAsyncioTransport().open_server_mode(sock=sock))
         everything = (1, 3, 6)
         for i, community in enumerate(self.communities):
-            config.add_v1_system(eng, f"rw{i}", community)
-            config.add_vacm_user(eng, 2, f"rw{i}", "noAuthNoPriv", everything, everything)
+            config.add_v1_system(eng, f"sim-rw-{i}", community)
+            config.add_vacm_user(eng, 2, f"sim-rw-{i}", "noAuthNoPriv", everything, everything)
         for i, community in enumerate(self.read_only_communities):
-            config.add_v1_system(eng, f"ro{i}", community)
-            config.add_vacm_user(eng, 2, f"ro{i}", "noAuthNoPriv", everything)
+            config.add_v1_system(eng, f"sim-ro-{i}", community)
+            config.add_vacm_user(eng, 2, f"sim-ro-{i}", "noAuthNoPriv", everything)
         for user in self.v3_users:
             auth, priv = usm_protocols(user)
             config.add_v3_user(eng, user.user, auth, user.auth_key, priv, user.priv_key)
