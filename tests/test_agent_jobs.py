@@ -198,3 +198,40 @@ def test_the_agent_does_not_load_httpx_until_a_job_has_artifacts() -> None:
     code = "import sys, scalerunner.nodeagent.agent; print('httpx' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"  # the 30 MB budget of docs/agent.md: httpx alone is ~10 MB
+
+
+def test_the_executor_clears_only_stale_attempt_dirs_on_start(tmp_path: Path) -> None:
+    import asyncio
+
+    from scalerunner.nodeagent.jobs import JobExecutor
+    from scalerunner.nodeagent.runtime.process import ProcessRuntime
+
+    jobs = tmp_path / "jobs"
+    (jobs / "build-7-3" / "work").mkdir(parents=True)
+    (jobs / "keep-me").mkdir()
+    (jobs / "notes.txt").write_text("x")
+
+    class NoLink:
+        online = False
+
+        async def publish(self, topic: str, payload: bytes, *, qos: int) -> None:
+            raise AssertionError("nothing to publish")
+
+        async def wait_online(self) -> None:
+            await asyncio.Event().wait()
+
+    async def scenario() -> None:
+        ex = JobExecutor(
+            cluster="lab",
+            node="n1",
+            runtime=ProcessRuntime(),
+            work_dir=jobs,
+            capacity=CAP,
+            link=NoLink(),
+            draining=lambda: False,
+        )
+        await ex.start()
+        await ex.stop()
+
+    asyncio.run(scenario())
+    assert sorted(p.name for p in jobs.iterdir()) == ["keep-me", "notes.txt"]

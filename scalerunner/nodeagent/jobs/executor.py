@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +59,7 @@ PUBLISH_TIMEOUT_S = 5.0
 KEEP_S = 3600.0  # how long a finished attempt's log spool answers resend_log
 MAX_KEPT = 32  # finished attempts kept at most, oldest dropped first
 UPLOAD_TIMEOUT_S = 300.0
+ATTEMPT_DIR = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?-[0-9]+\Z")  # {job}-{attempt}
 
 
 class LinkDown(Exception):
@@ -210,9 +212,13 @@ class JobExecutor:
 
     async def start(self) -> None:
         # Attempts of an earlier agent run are gone with it (the coordinator's lease fails them).
+        # Only directories named like an attempt go: a jobs.dir set to a shared directory by
+        # mistake loses nothing else.
         if self.work_dir.exists():
             for stale in self.work_dir.iterdir():
-                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink()
+                if stale.is_dir() and not stale.is_symlink() and ATTEMPT_DIR.match(stale.name):
+                    log.info("removing a stale attempt", extra=self._extra(path=str(stale)))
+                    shutil.rmtree(stale, ignore_errors=True)
         self.work_dir.mkdir(parents=True, exist_ok=True)
         self._runner = asyncio.create_task(self._run(), name=f"jobs-{self.node}")
         await self._started.wait()
