@@ -206,9 +206,13 @@ class NodeManager:
         while True:
             now = self.clock()
             due = [(lc.next_deadline(r, self.config), n) for n, r in self.records.items()]
+            fired = False
             for deadline, name in due:
                 if deadline is not None and deadline <= now:
                     await self._step(name, lc.Tick(at=now))
+                    fired = True
+            if fired:  # a Tick sets new deadlines (a recovery's back-off): look at them, not the old ones
+                due = [(lc.next_deadline(r, self.config), n) for n, r in self.records.items()]
             pending = [d for d, _ in due if d is not None and d > now]
             wait = max(min(pending) - now if pending else 60.0, 0.05)
             self._next_wake = now + wait
