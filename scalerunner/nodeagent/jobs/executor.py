@@ -54,6 +54,7 @@ __all__ = ["ImageSource", "JobExecutor", "Link", "LinkDown", "admit", "finished_
 
 log = logging.getLogger("scalerunner.nodeagent.jobs")
 
+WINDOW = 8  # log chunks in flight per attempt (paho holds 32 per connection for all of them)
 RETRY_S = 0.2  # between attempts to publish while the link is up but a publish failed
 PUBLISH_TIMEOUT_S = 5.0
 KEEP_S = 3600.0  # how long a finished attempt's log spool answers resend_log
@@ -453,13 +454,32 @@ class JobExecutor:
         while True:
             att.wake.clear()
             while att.sent < att.spool.count:
-                data = att.spool.chunk(att.sent)
-                assert data is not None
-                await self._deliver(topic, data)
-                att.sent += 1
+                await self._send_window(att, topic)
             if att.spool.closed and att.sent == att.spool.count:
                 return
             await att.wake.wait()
+
+    async def _send_window(self, att: Attempt, topic: str) -> None:
+        """Publish up to WINDOW chunks from ``att.sent`` at once, then advance over those acknowledged
+        in a row. MQTT keeps one connection's QoS 1 messages in order, so they arrive in order; after a
+        failure the next window starts at the first chunk not acknowledged (a repeat is harmless: the
+        coordinator keys chunks by number)."""
+        await self._link.wait_online()
+        first = att.sent
+        seqs = range(first, min(att.spool.count, first + WINDOW))
+        sends = []
+        for seq in seqs:
+            data = att.spool.chunk(seq)
+            assert data is not None
+            sends.append(asyncio.wait_for(self._link.publish(topic, data, qos=1), PUBLISH_TIMEOUT_S))
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        for r in results:
+            if isinstance(r, LinkDown | TimeoutError):
+                await asyncio.sleep(RETRY_S)
+                return
+            if isinstance(r, BaseException):
+                raise r
+            att.sent += 1
 
     async def _heartbeat(self, att: Attempt) -> None:
         period = att.run.lease_s / 3
