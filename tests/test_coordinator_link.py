@@ -7,8 +7,10 @@ import asyncio
 
 import aiomqtt
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from scalerunner.coordinator.mqttlink import CoordinatorLink, MqttSettings
+from scalerunner.coordinator.mqttlink import CoordinatorLink, MqttSettings, OfflineHold
 from scalerunner.coordinator.store import StoreError
 from scalerunner.protocol.mqtt import Kind, NodeState, Telemetry, encode, node_topic
 
@@ -92,3 +94,40 @@ def test_a_message_whose_handler_fails_is_counted_as_an_error_and_the_link_goes_
         _message(Kind.TELEMETRY, encode(tele)),  # still handled: the loop did not end
     )
     assert link.rejected == {"error": 1} and h.telemetry == [tele]
+
+
+# -- offline states wait out a hold (mosquitto publishes every Will as it shuts down) --------------
+
+
+def _offline(node: str, seq: int) -> NodeState:
+    return NodeState(node=node, status="offline", conn_seq=seq, agent_version="t", arch="amd64")
+
+
+def test_an_offline_state_is_due_only_after_the_hold() -> None:
+    hold = OfflineHold(0.5)
+    hold.offer(_offline("n1", 1), now=10.0)
+    assert hold.next_due() == 10.5 and hold.due(10.49) == []
+    assert [s.node for s in hold.due(10.5)] == ["n1"]
+    assert hold.next_due() is None and hold.due(99.0) == []
+
+
+def test_the_link_going_down_within_the_hold_drops_the_held_states() -> None:
+    hold = OfflineHold(0.5)
+    hold.offer(_offline("n2", 1), now=0.0)
+    hold.offer(_offline("n1", 1), now=0.1)
+    assert hold.drop_all() == ["n1", "n2"]
+    assert hold.due(10.0) == [] and hold.next_due() is None
+
+
+@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c"]), st.integers(0, 5), st.floats(0, 1)), max_size=30))
+def test_each_node_has_at_most_its_newest_offline_state_held_and_all_come_due(
+    offers: list[tuple[str, int, float]],
+) -> None:
+    hold, now, newest = OfflineHold(0.5), 0.0, {}
+    for node, seq, dt in offers:
+        now += dt
+        hold.offer(_offline(node, seq), now)
+        newest[node] = max(newest.get(node, seq), seq)
+    released = hold.due(now + 0.5)
+    assert sorted(s.node for s in released) == sorted(newest)
+    assert {s.node: s.conn_seq for s in released} == newest

@@ -7,6 +7,12 @@ and counts what it rejects, by reason (``topic``, ``unknown_node``, ``node_misma
 traceback, and the link goes on, so one message can never stop ingest for every node).
 Commands are MQTT 5 request/response: a future per correlation id, answered on the node's
 reply topic or failed by timeout.
+
+An offline state (a node's Will, or its goodbye) is acted on only after ``OFFLINE_HOLD`` seconds
+while this connection stays up (``OfflineHold``): mosquitto, when it shuts down, first publishes
+the Will of every client and then closes the coordinator's connection. Those Wills say that the
+broker went away, not the nodes, so they are dropped when the link goes down within the hold; after
+the reconnect each node has the lifecycle's grace to be heard again (docs/lifecycle.md).
 """
 
 from __future__ import annotations
@@ -46,6 +52,35 @@ from ..protocol.mqtt import (
 from .errors import CoordinatorError
 
 log = logging.getLogger("scalerunner.coordinator.mqtt")
+
+OFFLINE_HOLD = 0.5  # s; mosquitto closes the connections within milliseconds of the shutdown Wills
+
+
+class OfflineHold:
+    """Offline states waiting to be acted on: pure bookkeeping, the clock is passed in."""
+
+    def __init__(self, hold: float = OFFLINE_HOLD) -> None:
+        self.hold = hold
+        self._held: dict[str, tuple[float, NodeState]] = {}  # node -> (due, state): the newest per node
+
+    def offer(self, state: NodeState, now: float) -> None:
+        held = self._held.get(state.node)
+        if held is None or state.conn_seq >= held[1].conn_seq:
+            self._held[state.node] = (now + self.hold, state)
+
+    def next_due(self) -> float | None:
+        return min((due for due, _ in self._held.values()), default=None)
+
+    def due(self, now: float) -> list[NodeState]:
+        """The states whose hold is over, oldest first; they are no longer held."""
+        ready = sorted((due, name) for name, (due, _) in self._held.items() if due <= now)
+        return [self._held.pop(name)[1] for _, name in ready]
+
+    def drop_all(self) -> list[str]:
+        """The link went down: the held states were the broker's goodbye. The nodes they named."""
+        names = sorted(self._held)
+        self._held.clear()
+        return names
 
 
 class CommandTimeout(CoordinatorError):
@@ -108,6 +143,10 @@ class CoordinatorLink:
         self._on_job_status = on_job_status
         self._on_job_log = on_job_log
         self._on_link = on_link
+        self._offline = OfflineHold()
+        self._offline_wake = asyncio.Event()
+        self.offline_dropped = 0  # offline states dropped because the broker closed the link
+        self._release_task: asyncio.Task[None] | None = None
         self._version = version
         self._client: aiomqtt.Client | None = None
         self._connected = asyncio.Event()
@@ -129,15 +168,17 @@ class CoordinatorLink:
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="mqtt-link")
+        self._release_task = asyncio.create_task(self._release_offline(), name="mqtt-offline-hold")
 
     async def stop(self) -> None:
         if self._client is not None and self._connected.is_set():
             with contextlib.suppress(aiomqtt.MqttError):
                 await self._publish_state("offline")
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._release_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for fut in self._pending.values():
             fut.cancel()
 
@@ -192,11 +233,48 @@ class CoordinatorLink:
                 was_connected = self._connected.is_set()
                 self._connected.clear()
                 self._client = None
+            dropped = self._offline.drop_all()
+            if dropped:
+                self.offline_dropped += len(dropped)
+                log.warning(
+                    "offline states dropped: the broker closed the connection within %g s of them",
+                    self._offline.hold,
+                    extra={"endpoint": self.endpoint, "nodes": ",".join(dropped)},
+                )
             if was_connected:
                 await self._link_changed(False)
             self.reconnects += 1
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 10.0)
+
+    async def _release_offline(self) -> None:
+        """Hand held offline states to the handler once their hold is over, while connected."""
+        loop = asyncio.get_running_loop()
+        while True:
+            due = self._offline.next_due()
+            if due is None:
+                self._offline_wake.clear()
+                await self._offline_wake.wait()
+                continue
+            if due > loop.time():
+                self._offline_wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._offline_wake.wait(), due - loop.time())
+                continue
+            if not self._connected.is_set():
+                await asyncio.sleep(0.05)  # the link is going down: it drops them
+                continue
+            for state in self._offline.due(loop.time()):
+                try:
+                    await self._on_state(state)
+                except Exception as exc:  # as in _dispatch: one state must not stop the others
+                    self.rejected["error"] += 1
+                    log.exception(
+                        "handling the offline state of %s failed: %s",
+                        state.node,
+                        exc,
+                        extra={"reason": "error", "node": state.node},
+                    )
 
     async def _link_changed(self, up: bool) -> None:
         """Tell ``on_link``: the nodes' silence is not theirs while this connection is down."""
@@ -232,7 +310,11 @@ class CoordinatorLink:
                     self._reject("node_mismatch", topic, f"payload names node {state.node!r}")
                     return
                 self.ingested["state"] += 1
-                await self._on_state(state)
+                if state.status == "offline":
+                    self._offline.offer(state, asyncio.get_running_loop().time())
+                    self._offline_wake.set()
+                else:
+                    await self._on_state(state)
             elif ref.kind is Kind.TELEMETRY:
                 tele = decode(bytes(data), Telemetry)
                 if tele.node != ref.node:
