@@ -16,6 +16,7 @@ import srplink
 FW = (0, 1, 0)
 _KIND_LED = const(1)
 _PROTO = const(1)
+_KIND_HOST = const(0)
 _FRAME_MS = const(20)  # 50 frames a second
 _POLL_MS = const(5)
 HOST_TIMEOUT_MS = 10000
@@ -40,6 +41,7 @@ EV_DROPS = const(0x0200)  # the same code as demo_peer's
 
 T = srp.TYPE_IDS
 _T_PING = T["PING"]
+_T_HELLO = T["HELLO"]
 _T_LED_SET = T["LED_SET"]
 _T_LED_GAUGE = T["LED_GAUGE"]
 _T_STATUS_GET = T["STATUS_GET"]
@@ -77,7 +79,8 @@ class Firmware:
         self._frames = 0
         self._reported = 0
         self._report_at = self.t0
-        self.link.send(T["HELLO"], (_KIND_LED, _PROTO) + FW + (hal.unique_id(),))
+        self.hello = (_KIND_LED, _PROTO) + FW + (hal.unique_id(),)
+        self.link.send(_T_HELLO, self.hello)
 
     # --- state ---------------------------------------------------------------
 
@@ -114,6 +117,9 @@ class Firmware:
         self.host_seen(self.hal.ticks_ms())
         if t == _T_PING:
             self.link.send(T["PONG"], (f[0], self.uptime()))
+        elif t == _T_HELLO:
+            if f[0] == _KIND_HOST:  # a host that came later asks who is there
+                self.link.send(_T_HELLO, self.hello)
         elif t == _T_LED_SET:
             mode, r, g, b, bri, period = f
             if mode >= render.N_MODES:
@@ -137,7 +143,7 @@ class Firmware:
             self.event(_LEVEL_INFO, EV_STATE, self.state_text())
         elif t in _UNSUPPORTED:
             self.error(t, _ERR_UNSUPPORTED, "not an LED message")
-        # HELLO, PONG, STATUS, EVENT, EVENT_LOG, ERROR from the host need no answer
+        # PONG, STATUS, EVENT, EVENT_LOG, ERROR from the host need no answer
 
     def error(self, t, code, text):
         self.link.send(T["ERROR"], (code, t, self.link.rx_seq, "bad value: " + text if code == _ERR_BAD_VALUE else text))
@@ -152,7 +158,7 @@ class Firmware:
 
     def watchdog(self, now):
         # Any frame that passed the CRC (an ACK too) proves the host is there.
-        frames = self.link._dec.frames
+        frames = self.link.rx_frames()
         if frames != self._frames:
             self._frames = frames
             self.host_seen(now)

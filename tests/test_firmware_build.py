@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ import pytest
 from scalerunner.firmware import FIRMWARES, SIZE_BUDGET, build, deploy_command, manifest_modules
 
 SCALERUNNER = Path(sys.executable).with_name("scalerunner")
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("firmware", FIRMWARES)
@@ -51,3 +53,11 @@ def test_deploy_to_a_port_with_no_board_runs_mpremote_and_exits_3_naming_the_por
     )
     assert proc.returncode == 3, proc.stderr
     assert "/dev/ttyNOSUCHBOARD" in proc.stderr and "mpremote failed" in proc.stderr
+
+
+def test_the_firmwares_use_only_the_link_s_public_interface() -> None:
+    # srplink's underscored members may change with the link; a firmware reading them breaks silently
+    private = re.compile(r"\blink\._\w+|\._dec\b")
+    for src in sorted([*(REPO / "ledfw").glob("*.py"), *(REPO / "bmc").glob("*.py")]):
+        for n, line in enumerate(src.read_text().splitlines(), 1):
+            assert not private.search(line), f"{src.relative_to(REPO)}:{n}: {line.strip()}"

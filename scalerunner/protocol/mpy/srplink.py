@@ -169,6 +169,10 @@ class Link:
             self.stream.write(self._enc.encode(_T_ACK, 0, ack, flags, ()))
         self._run_timer()
 
+    def rx_frames(self):
+        """Frames received intact (CRC good) so far, ACKs and duplicates too: proof the peer is there."""
+        return self._dec.frames
+
     def recv(self):
         """The oldest (type_id, fields) in the inbox, or None."""
         return self.inbox.pop(0) if self.inbox else None
