@@ -22,6 +22,7 @@ import srplink
 FW = (0, 1, 0)
 T = srp.TYPE_IDS
 _KIND_BMC = const(2)
+_KIND_HOST = const(0)
 _PROTO = const(1)
 _ERR_BAD_VALUE = const(3)
 _ERR_BUSY = const(4)
@@ -67,7 +68,8 @@ class Bmc:
         self._status_at = 0
         self.running = True
         self.link = srplink.Link(hal.link_stream, on_message=self.on_message, name="host")
-        self.link.send(T["HELLO"], (_KIND_BMC, _PROTO) + FW + (hal.uid(),))
+        self.hello = (_KIND_BMC, _PROTO) + FW + (hal.uid(),)
+        self.link.send(T["HELLO"], self.hello)
         self.console = console.ConsoleBridge(hal.uart, self._send_console)
         self.event(power.INFO, EV_BOOT, "bmc %d.%d.%d up on %s" % (FW + (hal.name,)))
         cause = hal.reset_cause()
@@ -146,6 +148,9 @@ class Bmc:
     def on_message(self, t, f):
         if t == T["PING"]:
             self.reply(T["PONG"], (f[0], self.uptime & 0xFFFFFFFF))
+        elif t == T["HELLO"]:
+            if f[0] == _KIND_HOST:  # a host that came later asks who is there
+                self.reply(T["HELLO"], self.hello)
         elif t == T["POWER"]:
             if f[0] >= len(power.ACTION_NAMES):
                 self.error(_ERR_BAD_VALUE, t, "bad value: power action %d" % f[0])
@@ -167,7 +172,7 @@ class Bmc:
                 self.error(_ERR_BAD_VALUE, t, "bad value: console port %d" % f[0])
                 return
             self.console.from_host(f[1])
-        # HELLO, PONG, EVENT, ERROR from the host need no answer
+        # PONG, EVENT, ERROR from the host need no answer
 
     # --- what waits for the window, most important first ------------------------
 

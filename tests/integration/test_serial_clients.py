@@ -12,6 +12,7 @@ import asyncio
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from scalerunner.coordinator.serial import BmcClient, DeviceError, LedClient, Pe
 from scalerunner.firmware import micropypath
 from scalerunner.protocol.enums import DeviceKind, ErrorCode, EventLevel, LedMode, PowerState
 from scalerunner.protocol.link import FdStream
+from scalerunner.protocol.messages import Message
 from tests.mpy_support import micropython_binary
 
 pytestmark = [pytest.mark.micropython, pytest.mark.slow, pytest.mark.timeout(60)]
@@ -468,3 +470,46 @@ def test_commands_find_the_node_s_ports_in_the_inventory_and_name_node_and_file_
     for args in (("n1", "-c", str(inv), "--port", bmc_port), ()):
         r = scalerunner("bmc", "status", *args)
         assert r.returncode == 2 and "NODE" in r.stderr and "--port" in r.stderr
+
+
+# --- a client that comes later, and answers that come late ----------------------------------------
+
+
+@pytest.mark.parametrize(("kind", "client"), [("led", LedClient), ("bmc", BmcClient)])
+def test_a_client_that_comes_after_the_boot_hello_still_gets_the_device_s_hello(
+    start_firmware: StartFirmware, kind: str, client: type[LedClient] | type[BmcClient]
+) -> None:
+    fw = start_firmware(kind)
+
+    async def scenario() -> None:
+        async with client(fw.stream(), timeout=STEP) as first:
+            booted = await first.hello()  # the one sent at boot
+            await first.link.send(Message.make("PING", token=1))  # carries the HELLO's ACK: never resent
+        async with client(fw.stream(), timeout=STEP) as later:  # the boot HELLO is long gone
+            again = await later.hello()
+        assert again == booted and again.kind == (DeviceKind.LED if kind == "led" else DeviceKind.BMC)
+
+    asyncio.run(scenario())
+
+
+def test_a_late_answer_to_a_timed_out_request_is_not_taken_for_the_next_one(
+    start_firmware: StartFirmware,
+) -> None:
+    fw = start_firmware("bmc")
+
+    async def scenario() -> None:
+        async with BmcClient(fw.stream(), timeout=STEP) as bmc:
+            await bmc.hello()
+            fw.proc.send_signal(signal.SIGSTOP)  # the BMC stalls with the request on its line
+            try:
+                bmc.timeout = 0.5
+                with pytest.raises(PeerTimeout):
+                    await bmc.status()
+            finally:
+                fw.proc.send_signal(signal.SIGCONT)
+            await asyncio.sleep(0.3)  # its answer (power OFF) arrives after all
+            bmc.timeout = STEP
+            st = await bmc.power("on")  # answered by the STATUS that follows POWER, not the late one
+            assert st.power_state in (PowerState.STARTING, PowerState.ON)
+
+    asyncio.run(scenario())

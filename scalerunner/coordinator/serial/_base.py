@@ -9,13 +9,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self, TypeVar
 
-from ...protocol.enums import ErrorCode, MsgType
+from ...protocol.enums import DeviceKind, ErrorCode, MsgType
 from ...protocol.errors import PeerTimeout
+from ...protocol.layouts import PROTOCOL_VERSION
 from ...protocol.link import ByteStream, FdStream, Link, open_serial
 from ...protocol.messages import Message
 from ..errors import CoordinatorError
 
 DEFAULT_TIMEOUT = 5.0
+# The host's HELLO: who it is does not matter to a device, only that it asks for the device's HELLO.
+_HOST_HELLO = Message.make(
+    "HELLO", kind=int(DeviceKind.HOST), proto=PROTOCOL_VERSION, fw_major=0, fw_minor=0, fw_patch=0, uid=b""
+)
 
 
 def open_port(path: str, baud: int) -> FdStream:
@@ -92,6 +97,8 @@ class DeviceClient:
         self._hello: Hello | None = None
         self._hello_event = asyncio.Event()
         self.unsolicited: deque[Message] = deque(maxlen=256)
+        self._stale = False  # a request timed out: its answer may still come, ahead of the next one's
+        self._token = 0
 
     @property
     def link(self) -> Link:
@@ -128,10 +135,14 @@ class DeviceClient:
             self.unsolicited.append(msg)
 
     async def hello(self) -> Hello:
-        """The device's HELLO: the one already received, else the next (sent when the device starts)."""
+        """The device's HELLO: the one already received, else the next. A device sends it when it starts
+        and again when the host sends its own HELLO (``kind`` HOST), which this does once: a device
+        that has been up for long still answers."""
         async with self._lock:
             try:
                 async with asyncio.timeout(self.timeout):
+                    if self._hello is None:
+                        await self.link.send(_HOST_HELLO)
                     while self._hello is None:
                         self._note(await self.link.recv())
             except TimeoutError:
@@ -147,6 +158,8 @@ class DeviceClient:
         async with self._lock:
             try:
                 async with asyncio.timeout(self.timeout):
+                    if self._stale:
+                        await self._fence()
                     for msg in sends:
                         await self.link.send(msg)
                     while True:
@@ -157,7 +170,20 @@ class DeviceClient:
                             return msg
                         self._note(msg)
             except TimeoutError:
+                self._stale = True
                 raise self._timed_out(what) from None
+
+    async def _fence(self) -> None:
+        """Skip what answers an abandoned request: PING, and everything before its PONG. The device
+        answers in order, so a late answer to the request that timed out comes before that PONG."""
+        self._token = (self._token + 1) & 0xFFFFFFFF
+        await self.link.send(Message.make("PING", token=self._token))
+        while True:
+            msg = await self.link.recv()
+            if msg.type == MsgType.PONG and msg.fields.get("token") == self._token:
+                self._stale = False
+                return
+            self._note(msg)
 
     def _device_error(self, msg: Message) -> DeviceError:
         raw = _int(msg, "code")
