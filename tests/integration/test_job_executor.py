@@ -317,6 +317,14 @@ def test_runs_are_refused_when_draining_or_full(managed_broker: RunningBroker, t
             )
             bad = await peer.send(Command(cmd="run", args={"job": "j-e", "attempt": 1}))
             assert not bad.ok and "exactly one of argv and script" in bad.error
+            assert (await peer.send(Command(cmd="undrain"))).ok
+            assert (await peer.run(job("j-img", "true", image="registry.lan/busybox:1"))).ok
+            fault = await peer.wait(lambda: peer.finished("j-img"), what="fault")
+            assert (fault.end, fault.exit_code) == ("fault", None)
+            assert (
+                fault.detail
+                == "job j-img: node node-a has no image store, cannot run image registry.lan/busybox:1"
+            )
 
     asyncio.run(scenario())
 
