@@ -268,7 +268,8 @@ class PowerManager:
         """Read every outlet's power once into the store; how many samples were written."""
         now = self.clock()
         samples = []
-        for r in await self.status():
+        powered = list(self.outlets.by_node)
+        for r in await self.status(powered) if powered else []:
             if r.ok and r.watts is not None:
                 samples.append(PowerSample(node=r.node, at=now, watts=r.watts))
                 prev = self.watts.get(r.node)
