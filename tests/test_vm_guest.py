@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from scalerunner.nodeagent.images import ImageError, registry_of
 from scalerunner.nodeagent.runtime.base import JobRun, RuntimeFault
-from scalerunner.nodeagent.runtime.vm import VmConfig, VmRuntime, _parse_status, qemu_argv
+from scalerunner.nodeagent.runtime.vm import GuestStatus, VmConfig, VmRuntime, parse_status, qemu_argv
 from scalerunner.nodeagent.runtime.vm_guest import (
     CpioEntry,
     GuestError,
@@ -85,26 +85,27 @@ def test_job_script_gives_init_the_exact_argv_and_env(
 
 def test_qemu_argv_sizes_the_vm_from_the_job(tmp_path: Path) -> None:
     job = JobRun(job="j", attempt=1, argv=("true",), cpus=1.5, memory_mb=300, workdir=tmp_path)
-    socks = {p: tmp_path / f"{p}.sock" for p in ("stdout", "stderr", "status")}
+    socks = {p: tmp_path / f"{p}.sock" for p in ("stdout", "stderr", "work", "status")}
     argv = qemu_argv(VmConfig(), "tcg", job, Path("k"), Path("i"), tmp_path / "d", socks)
     assert argv[argv.index("-m") + 1] == "364"  # the job's memory plus the guest's own
     assert argv[argv.index("-smp") + 1] == "2"
     assert "q35,accel=tcg" in argv
-    assert sum(a.startswith("virtserialport") for a in argv) == 3
+    assert sum(a.startswith("virtserialport") for a in argv) == 4
 
 
 @pytest.mark.parametrize(
     ("text", "parsed"),
     [
-        ("exit 0\n", (0, "")),
-        ("exit 137\n", (137, "")),
-        ("fault insmod virtio failed\n", (None, "insmod virtio failed")),
-        ("", (None, "")),
-        ("exit x\n", (None, "")),
+        ("exit 0 out=3 err=0 work=10240\n", GuestStatus(0, sizes={"stdout": 3, "stderr": 0, "work": 10240})),
+        ("exit 137\n", GuestStatus(137)),
+        ("fault insmod virtio failed\n", GuestStatus(None, "insmod virtio failed")),
+        ("exit 3 out=1", None),  # no end of line yet: more to come
+        ("", None),
+        ("exit x\nexit 2\n", GuestStatus(2)),  # a garbled line is skipped
     ],
 )
-def test_parse_status(text: str, parsed: tuple[int | None, str]) -> None:
-    assert _parse_status(text) == parsed
+def test_parse_status(text: str, parsed: GuestStatus | None) -> None:
+    assert parse_status(text) == parsed
 
 
 def test_a_missing_guest_kernel_is_a_runtime_fault_naming_the_job_and_make_setup(tmp_path: Path) -> None:

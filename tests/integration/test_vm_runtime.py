@@ -62,17 +62,33 @@ def job(rootfs: Path, tmp_path: Path, *argv: str, **kw: object) -> JobRun:
     return JobRun(job="job-vm-1", attempt=1, argv=argv, rootfs=rootfs, workdir=tmp_path, **kw)  # type: ignore[arg-type]
 
 
-def test_a_job_writes_stdout_and_stderr_sees_its_env_and_returns_its_exit_code(
+def test_a_job_writes_stdout_and_stderr_sees_its_env_and_returns_its_exit_code_and_work(
     rootfs: Path, scratch: Path, tmp_path: Path
 ) -> None:
     out = Output()
-    script = 'echo "out $GREETING"; echo err >&2; cat /etc/marker; echo "pid $$"; exit 3'
-    spec = job(rootfs, tmp_path, "sh", "-c", script, env={"GREETING": "hello  world"}, timeout_s=120)
+    script = (
+        'echo "out $GREETING"; echo err >&2; cat /etc/marker; echo "pid $$ in $(pwd)";'
+        " echo result > result.txt; mkdir -p sub; echo deep > sub/f; exit 3"
+    )
+    workdir = tmp_path / "work"
+    spec = job(rootfs, workdir, "sh", "-c", script, env={"GREETING": "hello  world"}, timeout_s=120)
     result = asyncio.run(VmRuntime(VmConfig(accel="tcg", scratch_dir=scratch)).run(spec, out))
-    assert (result.end, result.exit_code) == (JobEnd.EXITED, 3)
-    # pid 1: the command runs in its own pid namespace; the marker: inside the job's root filesystem.
-    assert out.text("stdout") == f"out hello  world\n{MARKER}\npid 1\n"
+    assert (result.end, result.exit_code, result.detail) == (JobEnd.EXITED, 3, "")
+    # pid 1: its own pid namespace; the marker: inside the job's root filesystem; /work: its cwd.
+    assert out.text("stdout") == f"out hello  world\n{MARKER}\npid 1 in /work\n"
     assert out.text("stderr") == "err\n"
+    # What the job left in /work is in the attempt's workdir, for the artifacts.
+    assert (workdir / "result.txt").read_text() == "result\n"
+    assert (workdir / "sub" / "f").read_text() == "deep\n"
+
+
+def test_a_large_output_arrives_whole(rootfs: Path, scratch: Path, tmp_path: Path) -> None:
+    out = Output()
+    # 4 MB through stdout, then exit at once: the guest powers off only after the host has it all.
+    spec = job(rootfs, tmp_path / "work", "sh", "-c", "cat /bin/busybox /bin/busybox", timeout_s=120)
+    result = asyncio.run(VmRuntime(VmConfig(accel="tcg", scratch_dir=scratch)).run(spec, out))
+    assert (result.end, result.exit_code) == (JobEnd.EXITED, 0)
+    assert bytes(out.streams["stdout"]) == 2 * (rootfs / "bin" / "busybox").read_bytes()
 
 
 def test_the_timeout_kills_the_vm_and_reports_124(rootfs: Path, scratch: Path, tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ from .base import Runtime
 
 __all__ = ["RUNTIMES", "make_runtime"]
 
-RUNTIMES = ("process",)
+RUNTIMES = ("process", "vm")
 
 
 def make_runtime(name: str) -> Runtime:
@@ -19,4 +19,8 @@ def make_runtime(name: str) -> Runtime:
         from .process import ProcessRuntime
 
         return ProcessRuntime()
+    if name == "vm":
+        from .vm import VmRuntime
+
+        return VmRuntime()
     raise ValueError(f"unknown job runtime {name!r}, expected one of {', '.join(RUNTIMES)}")

@@ -1,11 +1,12 @@
 """The ``vm`` runtime: every job attempt in a fresh QEMU VM, destroyed afterwards.
 
 The guest is Debian's cloud kernel with the initramfs from ``vm_guest`` (busybox init). The job's
-root filesystem goes in as an ext4 disk made per job with ``mke2fs -d`` (this QEMU has no
-virtiofsd and the kernel no 9p, and a copy keeps the cached image clean). stdout, stderr and the
-exit status come back over three virtio-serial ports, each a unix socket this process listens on
-before QEMU starts, so nothing the guest writes is lost. Scratch files live in one temp directory
-that is removed however the run ends.
+root filesystem goes in as an ext4 disk made per job with ``mke2fs -d`` (Debian 12 has no
+virtiofsd and the kernel no 9p, and a copy keeps the cached image clean). stdout, stderr, a tar
+of the job's /work (for artifacts) and the exit status come back over virtio-serial ports, each a
+unix socket this process listens on before QEMU starts; the guest states how many bytes each
+port carried and powers off only when the host has them all. Scratch files live in one temp
+directory that is removed however the run ends (timeout, cancel, fault).
 """
 
 from __future__ import annotations
@@ -16,12 +17,13 @@ import logging
 import math
 import os
 import shutil
+import tarfile
 import tempfile
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from scalerunner.nodeagent.runtime.base import JobEnd, JobResult, JobRun, OutputSink, RuntimeFault, Stream
+from scalerunner.nodeagent.runtime.base import JobEnd, JobResult, JobRun, OutputSink, RuntimeFault
 from scalerunner.nodeagent.runtime.kvm import KvmProbe
 from scalerunner.nodeagent.runtime.vm_guest import (
     GuestError,
@@ -31,7 +33,7 @@ from scalerunner.nodeagent.runtime.vm_guest import (
     write_job_initrd,
 )
 
-__all__ = ["DEFAULT_GUEST_DIR", "VmConfig", "VmRuntime", "qemu_argv"]
+__all__ = ["DEFAULT_GUEST_DIR", "GuestStatus", "VmConfig", "VmRuntime", "parse_status", "qemu_argv"]
 
 log = logging.getLogger("scalerunner.nodeagent.runtime.vm")
 
@@ -40,8 +42,9 @@ DEFAULT_GUEST_DIR = Path(
     os.environ.get("SCALERUNNER_GUEST_DIR", Path(__file__).resolve().parents[3] / ".cache" / "guest")
 )
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The job runs in /work (as under the process runtime); its contents come back to JobRun.workdir.
 GUEST_OVERHEAD_MB = 64  # the guest kernel and initramfs, on top of the job's memory
-PORTS: tuple[str, ...] = ("stdout", "stderr", "status")
+PORTS: tuple[str, ...] = ("stdout", "stderr", "work", "status")
 DISK_SLACK_MB = 64  # free space the job gets on its root filesystem
 
 
@@ -77,15 +80,90 @@ def qemu_argv(
     return argv
 
 
-def _parse_status(text: str) -> tuple[int | None, str]:
-    """The status port's last line: ``exit N`` or ``fault MESSAGE``."""
-    for line in reversed(text.strip().splitlines()):
-        verb, _, rest = line.partition(" ")
-        if verb == "exit" and rest.strip().isdigit():
-            return int(rest), ""
+@dataclass(frozen=True, slots=True)
+class GuestStatus:
+    """The status port's line: ``exit N out=B err=B work=B`` or ``fault MESSAGE``."""
+
+    code: int | None
+    fault: str = ""
+    sizes: dict[str, int] = field(default_factory=dict)  # bytes each port carried: stdout, stderr, work
+
+
+_SIZE_KEYS = {"out": "stdout", "err": "stderr", "work": "work"}
+
+
+def parse_status(text: str) -> GuestStatus | None:
+    """The first complete status line in ``text``; None while there is none."""
+    for line in text.splitlines(keepends=True):
+        if not line.endswith("\n"):
+            return None
+        verb, _, rest = line.strip().partition(" ")
         if verb == "fault":
-            return None, rest.strip()
-    return None, ""
+            return GuestStatus(None, rest.strip() or "unknown fault")
+        words = rest.split()
+        if verb == "exit" and words and words[0].isdigit():
+            sizes = {}
+            for word in words[1:]:
+                key, _, value = word.partition("=")
+                if key in _SIZE_KEYS and value.isdigit():
+                    sizes[_SIZE_KEYS[key]] = int(value)
+            return GuestStatus(int(words[0]), sizes=sizes)
+    return None
+
+
+class _Ports:
+    """The host ends of the guest's virtio-serial ports: output to the sink, /work to a tar file,
+    and the status line, answered with ``ack`` once every port has delivered what the guest sent."""
+
+    def __init__(self, sink: OutputSink, work_tar: Path) -> None:
+        self.sink = sink
+        self.received = {"stdout": 0, "stderr": 0, "work": 0}
+        self.status: GuestStatus | None = None
+        self._status_text = bytearray()
+        self._arrived = asyncio.Event()
+        self._work = work_tar.open("wb")
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def handler(self, port: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            self.tasks.append(task)
+            try:
+                while chunk := await reader.read(65536):
+                    if port == "status":
+                        await self._on_status(chunk, writer)
+                        continue
+                    self.received[port] += len(chunk)
+                    if port == "work":
+                        self._work.write(chunk)
+                    else:
+                        self.sink("stdout" if port == "stdout" else "stderr", chunk)
+                    self._arrived.set()
+            finally:
+                writer.close()
+
+        return handle
+
+    async def _on_status(self, chunk: bytes, writer: asyncio.StreamWriter) -> None:
+        if self.status is not None:
+            return
+        self._status_text += chunk
+        self.status = parse_status(self._status_text.decode(errors="replace"))
+        if self.status is None or self.status.code is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(30):
+                while any(self.received[p] < n for p, n in self.status.sizes.items()):
+                    self._arrived.clear()
+                    await self._arrived.wait()
+        writer.write(b"ack\n")
+        await writer.drain()
+
+    def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        self._work.close()
 
 
 class VmRuntime:
@@ -120,7 +198,7 @@ class VmRuntime:
                 job.job, f"{self.config.qemu} not found: install qemu-system-x86 (`make setup`)"
             )
         kernel, base_initrd = self._guest(job)
-        env = {"PATH": DEFAULT_PATH, "HOME": "/root", **job.env}
+        env = {"PATH": DEFAULT_PATH, "HOME": "/work", **job.env}
         try:
             archive = job_archive(job.argv, env, job.job)
         except ValueError as exc:
@@ -162,74 +240,66 @@ class VmRuntime:
         await self._make_disk(job, job.rootfs, disk)
         await asyncio.to_thread(write_job_initrd, base_initrd, archive, initrd)
         sockets = {port: scratch / f"{port}.sock" for port in PORTS}
-        status = bytearray()
-        readers: list[asyncio.Task[None]] = []
-
-        def on_connect(port: str) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
-            async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-                task = asyncio.current_task()
-                assert task is not None
-                readers.append(task)
-                try:
-                    while chunk := await reader.read(65536):
-                        if port == "status":
-                            status.extend(chunk)
-                        else:
-                            stream: Stream = "stdout" if port == "stdout" else "stderr"
-                            sink(stream, chunk)
-                finally:
-                    writer.close()
-
-            return handle
-
-        servers = [await asyncio.start_unix_server(on_connect(p), path=str(s)) for p, s in sockets.items()]
-        argv = qemu_argv(self.config, accel, job, kernel.vmlinuz, initrd, disk, sockets)
-        log.info("vm start", extra={"job": job.job, "attempt": job.attempt, "accel": accel})
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, start_new_session=True,
-        )  # fmt: skip
-        assert proc.stderr is not None
-        qemu_err = asyncio.ensure_future(proc.stderr.read())
-        timed_out = False
-        stderr = b""
+        ports = _Ports(sink, scratch / "work.tar")
+        servers: list[asyncio.Server] = []
+        proc: asyncio.subprocess.Process | None = None
         try:
+            for port, path in sockets.items():
+                servers.append(await asyncio.start_unix_server(ports.handler(port), path=str(path)))
+            argv = qemu_argv(self.config, accel, job, kernel.vmlinuz, initrd, disk, sockets)
+            log.info("vm start", extra={"job": job.job, "attempt": job.attempt, "accel": accel})
+            proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+                stderr=asyncio.subprocess.PIPE, start_new_session=True,
+            )  # fmt: skip
+            assert proc.stderr is not None
+            qemu_err = asyncio.ensure_future(proc.stderr.read())
             try:
                 async with asyncio.timeout(job.timeout_s):
                     await proc.wait()
             except TimeoutError:
-                timed_out = True
-                proc.kill()
-                await proc.wait()
+                return JobResult(JobEnd.TIMEOUT, 124, f"timeout after {job.timeout_s:g} s (VM killed)")
+            finally:
+                if proc.returncode is None:  # timed out or cancelled: QEMU goes, whatever it was doing
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    await asyncio.shield(proc.wait())
             # QEMU has exited: each socket reaches its end; give the readers a moment to drain it.
+            stderr = b""
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(5):
-                    await asyncio.gather(*readers, return_exceptions=True)
+                    await asyncio.gather(*ports.tasks, return_exceptions=True)
                     stderr = await qemu_err
         finally:
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await asyncio.shield(proc.wait())
             for server in servers:
                 server.close()
-            for task in readers:
-                task.cancel()
-            qemu_err.cancel()
-        if timed_out:
-            return JobResult(JobEnd.TIMEOUT, 124, f"timeout after {job.timeout_s:g} s (VM killed)")
-        code, fault = _parse_status(status.decode(errors="replace"))
-        if code is not None:
-            if code > 128:
-                return JobResult(JobEnd.KILLED, code, f"killed by signal {code - 128}")
-            return JobResult(JobEnd.EXITED, code)
+            ports.close()
+        status = ports.status
+        if status is not None and status.code is not None:
+            detail = await asyncio.to_thread(_unpack_work, scratch / "work.tar", job.workdir)
+            if status.code > 128:
+                return JobResult(JobEnd.KILLED, status.code, f"killed by signal {status.code - 128}{detail}")
+            return JobResult(JobEnd.EXITED, status.code, detail.removeprefix("; "))
         console = _tail(scratch / "console.log")
-        cause = f"guest: {fault}" if fault else stderr.decode(errors="replace").strip()
+        cause = f"guest: {status.fault}" if status else stderr.decode(errors="replace").strip()
         cause = cause or "guest ended without an exit status"
         raise RuntimeFault(
             job.job,
             f"vm (qemu exit {proc.returncode}): {cause}" + (f"; console: {console}" if console else ""),
         )
+
+
+def _unpack_work(tar: Path, workdir: Path) -> str:
+    """Put the guest's /work into the attempt's workdir (for artifacts); a note when it fails."""
+    if not tar.exists() or tar.stat().st_size == 0:
+        return ""
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(tar) as archive:
+            archive.extractall(workdir, filter="data")  # no absolute paths, links out, devices
+    except (OSError, tarfile.TarError) as exc:
+        return f"; /work not returned: {exc}"
+    return ""
 
 
 def _tree_bytes(root: Path) -> int:

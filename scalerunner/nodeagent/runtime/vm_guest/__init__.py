@@ -62,7 +62,7 @@ class GuestKernel:
         kernels = sorted(guest_dir.glob("linux-image-*/boot/vmlinuz-*"))
         if not kernels:
             raise GuestError(
-                f"no guest kernel under {guest_dir}: run `bash tools/fetch-guest-kernel.sh` (`make setup` does)"
+                f"no guest kernel under {guest_dir}: run `bash tools/fetch-guest-kernel.sh` (make setup)"
             )
         vmlinuz = kernels[-1]
         release = vmlinuz.name.removeprefix("vmlinuz-")

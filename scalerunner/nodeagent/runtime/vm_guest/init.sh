@@ -1,7 +1,8 @@
 #!/bin/busybox sh
 # PID 1 of a Scalerunner job VM (docs/runtime-vm.md). The host appended /job/run.sh to this
 # initramfs; the job's root filesystem is /dev/vda (ext4). Ports on virtio-serial:
-# scalerunner.stdout, scalerunner.stderr and scalerunner.status ("exit N" or "fault MESSAGE").
+# scalerunner.stdout, scalerunner.stderr, scalerunner.work (a tar of /work after the job, for its
+# artifacts) and scalerunner.status ("exit N" or "fault MESSAGE", always written last).
 /bin/busybox --install -s /bin
 export PATH=/bin
 mkdir -p /proc /sys /dev /mnt/root
@@ -28,7 +29,7 @@ for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_p
 done
 
 # Device probing is asynchronous: wait (up to ~10 s) for the three ports and the disk.
-OUT= ERR=
+OUT= ERR= WORK=
 i=0
 while [ $i -lt 200 ]; do
     for p in /sys/class/virtio-ports/*; do
@@ -37,22 +38,33 @@ while [ $i -lt 200 ]; do
             scalerunner.stdout) OUT="/dev/${p##*/}" ;;
             scalerunner.stderr) ERR="/dev/${p##*/}" ;;
             scalerunner.status) STATUS="/dev/${p##*/}" ;;
+            scalerunner.work) WORK="/dev/${p##*/}" ;;
         esac
     done
-    [ -n "$OUT" ] && [ -n "$ERR" ] && [ "$STATUS" != /dev/console ] && [ -b /dev/vda ] && break
+    [ -n "$OUT" ] && [ -n "$ERR" ] && [ -n "$WORK" ] && [ "$STATUS" != /dev/console ] && [ -b /dev/vda ] && break
     i=$((i + 1))
     usleep 50000
 done
-[ -n "$OUT" ] && [ -n "$ERR" ] && [ -b /dev/vda ] || fault "virtio ports or disk missing"
+[ -n "$OUT" ] && [ -n "$ERR" ] && [ -n "$WORK" ] && [ -b /dev/vda ] || fault "virtio ports or disk missing"
 
 mount -t ext4 /dev/vda /mnt/root || fault "cannot mount the job's root filesystem"
-mkdir -p /mnt/root/proc /mnt/root/dev /mnt/root/tmp
+mkdir -p /mnt/root/proc /mnt/root/dev /mnt/root/tmp /mnt/root/work
 
 # run.sh sets "$@" to the job's argv and JOB_ENV to its environment (quoted by the host).
 . /job/run.sh
+# Output goes through tee so that its size is known: the status line tells the host how many
+# bytes each port carried, and the guest powers off only when the host says it has them all
+# (a port's last buffers may still be in flight when the guest's write returns).
+mkfifo /job/out /job/err
+tee "$OUT" < /job/out | wc -c > /job/out.n &
+tee "$ERR" < /job/err | wc -c > /job/err.n &
 eval "env -i $JOB_ENV /bin/busybox unshare -m -p -f /bin/busybox sh /enter.sh \"\$@\"" \
-    < /dev/null > "$OUT" 2> "$ERR"
+    < /dev/null > /job/out 2> /job/err
 code=$?
-sync
-echo "exit $code" > "$STATUS"
+wait
+work=$(tar -C /mnt/root/work -cf - . 2> /dev/console | tee "$WORK" | wc -c)
+# The port stays open while we wait: the guest kernel drops what arrives on a closed port.
+exec 3<> "$STATUS"
+echo "exit $code out=$(cat /job/out.n) err=$(cat /job/err.n) work=$work" >&3
+read -t 30 ack <&3
 poweroff -f
