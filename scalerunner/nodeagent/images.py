@@ -92,6 +92,10 @@ class ImageStore:
         # shield: one caller cancelled does not cancel the pull the others wait for.
         return await asyncio.shield(pending)
 
+    async def rootfs(self, image: str) -> Path:
+        """The unpacked root filesystem of ``image`` (the agent's ImageSource); ImageError if none."""
+        return (await self.pull(image)).rootfs
+
     def cached(self) -> list[Path]:
         return sorted(p for p in self.cache_dir.glob("sha256-*") if (p / "image.json").is_file())
 

@@ -221,7 +221,12 @@ class VmRuntime:
             stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )  # fmt: skip
-        out, _ = await proc.communicate()
+        try:
+            out, _ = await proc.communicate()
+        finally:
+            if proc.returncode is None:  # cancelled: mke2fs goes too
+                proc.kill()
+                await asyncio.shield(proc.wait())
         if proc.returncode != 0:
             raise RuntimeFault(job.job, f"mke2fs -d {rootfs} failed: {out.decode(errors='replace').strip()}")
 
