@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from scalerunner.coordinator.serial import BmcClient, DeviceError, LedClient, PeerTimeout
+from scalerunner.coordinator.serial import BmcClient, DeviceError, LedClient, LinkError, PeerTimeout
 from scalerunner.firmware import micropypath
 from scalerunner.protocol.enums import DeviceKind, ErrorCode, EventLevel, LedMode, PowerState
 from scalerunner.protocol.link import FdStream
@@ -511,5 +511,46 @@ def test_a_late_answer_to_a_timed_out_request_is_not_taken_for_the_next_one(
             bmc.timeout = STEP
             st = await bmc.power("on")  # answered by the STATUS that follows POWER, not the late one
             assert st.power_state in (PowerState.STARTING, PowerState.ON)
+
+    asyncio.run(scenario())
+
+
+def test_a_bmc_behind_a_tcp_serial_server_is_reached_by_its_socket_url(start_firmware: StartFirmware) -> None:
+    fw = start_firmware("bmc")
+
+    async def scenario() -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            line = fw.stream()  # the server's serial side: the firmware's pty
+
+            async def to_line() -> None:
+                while data := await reader.read(4096):
+                    await line.write(data)
+
+            async def to_client() -> None:
+                while data := await line.read():
+                    writer.write(data)
+                    await writer.drain()
+
+            tasks = [asyncio.create_task(to_line()), asyncio.create_task(to_client())]
+            try:
+                await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            finally:  # also when the loop ends first: the firmware exits once no one holds its line
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await line.close()
+                writer.close()
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
+        url = f"socket://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        async with server, BmcClient(url, timeout=STEP) as bmc:
+            assert (await bmc.hello()).kind == DeviceKind.BMC
+            assert (await bmc.status()).power_state == PowerState.OFF
+            assert bmc.name == url
+        for bad in ("rfc2217://127.0.0.1:1", "socket://nohost"):
+            with pytest.raises(LinkError) as err:
+                async with BmcClient(bad, timeout=STEP):
+                    pass
+            assert bad in str(err.value)
 
     asyncio.run(scenario())

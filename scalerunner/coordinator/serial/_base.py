@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import Self, TypeVar
 
 from ...protocol.enums import DeviceKind, ErrorCode, MsgType
-from ...protocol.errors import PeerTimeout
+from ...protocol.errors import LinkError, PeerTimeout
 from ...protocol.layouts import PROTOCOL_VERSION
-from ...protocol.link import ByteStream, FdStream, Link, open_serial
+from ...protocol.link import ByteStream, FdStream, Link, open_serial, open_tcp
 from ...protocol.messages import Message
 from ..errors import CoordinatorError
 
@@ -26,6 +26,20 @@ _HOST_HELLO = Message.make(
 def open_port(path: str, baud: int) -> FdStream:
     """A serial port or pty by path, raw 8N1 at ``baud``."""
     return open_serial(path, baud)
+
+
+async def open_device(port: str, baud: int) -> ByteStream:
+    """``port`` as the inventory may give it: a device path (raw 8N1 at ``baud``), or ``socket://HOST:PORT``
+    for a serial port served over TCP (ser2net, a QEMU chardev), whose rate is the server's."""
+    if "://" not in port:
+        return open_port(port, baud)
+    scheme, _, rest = port.partition("://")
+    host, sep, number = rest.rpartition(":")
+    if scheme != "socket" or not sep or not host or not number.isdigit():
+        raise LinkError(port, "not a serial port: give a device path or socket://HOST:PORT")
+    stream = await open_tcp(host.strip("[]"), int(number))
+    stream.name = port
+    return stream
 
 
 E = TypeVar("E", bound=enum.IntEnum)
@@ -107,7 +121,7 @@ class DeviceClient:
         return self._link
 
     async def __aenter__(self) -> Self:
-        stream = open_port(self._port, self._baud) if isinstance(self._port, str) else self._port
+        stream = await open_device(self._port, self._baud) if isinstance(self._port, str) else self._port
         self.name = stream.name
         self._link = Link(stream)
         try:
