@@ -44,6 +44,7 @@ from ..protocol.mqtt import (
     node_topic,
 )
 from .config import AgentConfig
+from .images import ImageStore
 from .jobs import JobExecutor, LinkDown
 from .runtime import make_runtime
 from .telemetry import ProcReader, Sampler, normalise_arch
@@ -286,6 +287,7 @@ class Agent:
                 capacity=capacity,
                 link=_JobLink(self),
                 draining=lambda: self.control.draining,
+                images=ImageStore(c.image_dir or c.state_dir / "images", insecure=c.insecure_registries),
                 clock=self._clock,
                 keep_s=c.job_keep_logs,
             )

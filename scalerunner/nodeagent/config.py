@@ -82,6 +82,8 @@ class AgentConfig:
     job_runtime: str = "process"  # [jobs] runtime: the registry name in nodeagent/runtime
     job_dir: Path | None = None  # [jobs] dir; None: <state_dir>/jobs
     job_keep_logs: float = 3600.0  # [jobs] keep_logs: seconds a finished attempt's log stays resendable
+    image_dir: Path | None = None  # [jobs] images: the unpacked image cache; None: <state_dir>/images
+    insecure_registries: tuple[str, ...] = ()  # [jobs] insecure_registries: host:port reached over plain HTTP
 
 
 # -- the file's layout, validated by msgspec ---------------------------------------------
@@ -117,6 +119,8 @@ class _Jobs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     runtime: Annotated[str, msgspec.Meta(min_length=1)] = "process"
     dir: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     keep_logs: Annotated[float, msgspec.Meta(ge=0, le=30 * 86400)] = 3600.0
+    images: Annotated[str, msgspec.Meta(min_length=1)] | None = None
+    insecure_registries: list[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")]] = []
 
 
 class _File(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -301,6 +305,8 @@ def _from_mapping(data: Mapping[str, Any], *, source: str, boot: BootParams, bas
         job_runtime=f.jobs.runtime,
         job_dir=path(f.jobs.dir),
         job_keep_logs=f.jobs.keep_logs,
+        image_dir=path(f.jobs.images),
+        insecure_registries=tuple(f.jobs.insecure_registries),
     )
 
 

@@ -12,6 +12,7 @@ import contextlib
 import http.server
 import os
 import signal
+import socket
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -44,6 +45,7 @@ from tests.integration.broker_fixtures import (
     RunningBroker,
     managed_broker_fixture,  # noqa: F401 (a fixture)
 )
+from tests.integration.oci_fixtures import Registry, registry  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.slow
 
@@ -318,13 +320,36 @@ def test_runs_are_refused_when_draining_or_full(managed_broker: RunningBroker, t
             bad = await peer.send(Command(cmd="run", args={"job": "j-e", "attempt": 1}))
             assert not bad.ok and "exactly one of argv and script" in bad.error
             assert (await peer.send(Command(cmd="undrain"))).ok
-            assert (await peer.run(job("j-img", "true", image="registry.lan/busybox:1"))).ok
-            fault = await peer.wait(lambda: peer.finished("j-img"), what="fault")
+            nowhere = f"127.0.0.1:{closed_port()}/none:1"  # nothing listens there
+            assert (await peer.run(job("j-img", "true", image=nowhere))).ok
+            fault = await peer.wait(lambda: peer.finished("j-img"), 60, what="fault")
             assert (fault.end, fault.exit_code) == ("fault", None)
-            assert (
-                fault.detail
-                == "job j-img: node node-a has no image store, cannot run image registry.lan/busybox:1"
-            )
+            assert fault.detail.startswith(f"job j-img: image {nowhere}: ")
+
+    asyncio.run(scenario())
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_job_with_an_image_runs_in_the_pulled_root_filesystem(
+    managed_broker: RunningBroker,
+    tmp_path: Path,
+    registry: Registry,  # noqa: F811
+) -> None:
+    ref = registry.push_busybox(tmp_path / "build", "test/process:1", marker="pulled-for-the-process-runtime")
+    extra = f'insecure_registries = ["{registry.host}"]'
+
+    async def scenario() -> None:
+        async with agent_and_peer(managed_broker, tmp_path, extra) as (_, peer):
+            run = job("j-image", "cat /etc/marker; echo $IMAGE_VAR $MINE; pwd", image=ref, env={"MINE": "x"})
+            assert (await peer.run(run)).ok
+            done = await peer.wait(lambda: peer.finished("j-image"), 60, what="finished")
+            assert (done.end, done.exit_code) == ("exited", 0), done.detail
+            assert peer.text("j-image") == "pulled-for-the-process-runtime\nfrom-image x\n/work\n"
 
     asyncio.run(scenario())
 

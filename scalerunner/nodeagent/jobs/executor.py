@@ -50,7 +50,7 @@ from .spool import LogSpool
 if TYPE_CHECKING:
     import httpx
 
-__all__ = ["ImageSource", "JobExecutor", "Link", "LinkDown", "admit", "finished_status"]
+__all__ = ["ImageSource", "JobExecutor", "Link", "LinkDown", "PulledImage", "admit", "finished_status"]
 
 log = logging.getLogger("scalerunner.nodeagent.jobs")
 
@@ -80,9 +80,21 @@ class Link(Protocol):
     def online(self) -> bool: ...
 
 
+class PulledImage(Protocol):
+    @property
+    def rootfs(self) -> Path: ...
+
+    @property
+    def env(self) -> tuple[str, ...]:
+        """The image's own environment, "KEY=value"; the job's env overrides it."""
+        ...
+
+
 class ImageSource(Protocol):
-    async def rootfs(self, image: str) -> Path:
-        """The unpacked root filesystem of ``image``; RuntimeFault if it cannot be had."""
+    """Where images come from (nodeagent/images.py's ImageStore: skopeo and umoci, cached)."""
+
+    async def pull(self, reference: str) -> PulledImage:
+        """The image, unpacked; an exception naming the image if it cannot be had."""
         ...
 
 
@@ -352,8 +364,11 @@ class JobExecutor:
         result: JobResult | None = None
         fault: str | None = None
         try:
+            att.runtime_task = asyncio.create_task(self._execute(att), name=f"job-{run.job}-run")
+            if att.cancel_reason is not None:  # cancelled before this task got to run
+                att.runtime_task.cancel()
             try:
-                result = await self._execute(att)
+                result = await att.runtime_task
             except RuntimeFault as exc:
                 fault = str(exc)
                 log.error("runtime fault: %s", exc, extra=self._extra(**ids))
@@ -397,21 +412,26 @@ class JobExecutor:
             shutil.rmtree(att.dir / "work", ignore_errors=True)
 
     async def _execute(self, att: Attempt) -> JobResult:
+        """Pull the image (if any) and run the job: the task a cancel command cancels."""
         run = att.run
         rootfs: Path | None = None
+        env: dict[str, str] = {}
         if run.image:
             if self._images is None:
                 raise RuntimeFault(
                     run.job, f"node {self.node} has no image store, cannot run image {run.image}"
                 )
-            rootfs = await self._images.rootfs(run.image)
-        if att.cancel_reason is not None:  # cancelled while the image was fetched
-            raise asyncio.CancelledError
+            try:
+                image = await self._images.pull(run.image)
+            except Exception as exc:  # the store's own error names the image and the cause
+                raise RuntimeFault(run.job, str(exc)) from exc
+            rootfs = image.rootfs
+            env = dict(e.split("=", 1) for e in image.env if "=" in e)
         job = JobRun(
             job=run.job,
             attempt=run.attempt,
             argv=run.command(),
-            env=dict(run.env),
+            env={**env, **run.env},
             cpus=run.cpus,
             memory_mb=run.memory_mb,
             timeout_s=run.timeout_s,
@@ -423,8 +443,7 @@ class JobExecutor:
             att.spool.feed(stream, data)
             att.wake.set()
 
-        att.runtime_task = asyncio.create_task(self.runtime.run(job, sink), name=f"job-{run.job}-runtime")
-        return await att.runtime_task
+        return await self.runtime.run(job, sink)
 
     async def _collect(self, att: Attempt) -> tuple[list[str], list[str]]:
         run = att.run
