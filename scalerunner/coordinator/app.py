@@ -153,6 +153,7 @@ class Coordinator:
             known_nodes=self.nodes.known,
             on_state=self.nodes.on_state,
             on_telemetry=self.nodes.on_telemetry,
+            on_link=self.nodes.on_link,
             version=__version__,
         )
         self.nodes.link = self.link

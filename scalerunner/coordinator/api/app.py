@@ -19,6 +19,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ... import __version__
 from ..errors import NodeStateError, UnknownNode
 from ..mqttlink import CommandFailed, CommandTimeout
+from .errors import document_errors, errors
 from .models import CommandResult, DrainRequest, EventView, HealthChange, NodeView
 from .service import NodeService
 
@@ -78,31 +79,33 @@ def create_app(service: NodeService, token: str) -> FastAPI:
     async def list_nodes() -> list[NodeView]:
         return await service.list_nodes()
 
-    @app.get("/api/v1/nodes/{name}", dependencies=[Auth])
+    document_errors(app)  # 401 and 422 as the handlers below send them (api/errors.py)
+
+    @app.get("/api/v1/nodes/{name}", dependencies=[Auth], responses=errors(404))
     async def get_node(name: str) -> NodeView:
         return await service.get_node(name)
 
-    @app.post("/api/v1/nodes/{name}/drain", dependencies=[Auth])
+    @app.post("/api/v1/nodes/{name}/drain", dependencies=[Auth], responses=errors(404, 409, 502, 504))
     async def drain(name: str, body: DrainRequest | None = None) -> CommandResult:
         detail = await service.drain(name, (body or DrainRequest()).reason)
         return CommandResult(node=name, ok=True, detail=detail)
 
-    @app.post("/api/v1/nodes/{name}/undrain", dependencies=[Auth])
+    @app.post("/api/v1/nodes/{name}/undrain", dependencies=[Auth], responses=errors(404, 502, 504))
     async def undrain(name: str, body: DrainRequest | None = None) -> CommandResult:
         detail = await service.undrain(name, (body or DrainRequest()).reason)
         return CommandResult(node=name, ok=True, detail=detail)
 
-    @app.post("/api/v1/nodes/{name}/identify", dependencies=[Auth])
+    @app.post("/api/v1/nodes/{name}/identify", dependencies=[Auth], responses=errors(404, 409, 502, 504))
     async def identify(name: str) -> CommandResult:
         return CommandResult(node=name, ok=True, detail=await service.identify(name))
 
-    @app.post("/api/v1/nodes/{name}/reboot", dependencies=[Auth])
+    @app.post("/api/v1/nodes/{name}/reboot", dependencies=[Auth], responses=errors(404, 409, 502, 504))
     async def reboot(name: str, body: DrainRequest | None = None) -> CommandResult:
         """The agent reboots its node; it answers before it goes down."""
         detail = await service.reboot(name, (body or DrainRequest(reason="operator reboot")).reason)
         return CommandResult(node=name, ok=True, detail=detail)
 
-    @app.put("/api/v1/nodes/{name}/health", dependencies=[Auth])
+    @app.put("/api/v1/nodes/{name}/health", dependencies=[Auth], responses=errors(404))
     async def set_health(name: str, body: HealthChange) -> NodeView:
         return await service.set_health(name, body.health, body.reason)
 
