@@ -15,7 +15,8 @@ import pytest
 
 from scalerunner.coordinator.inventory import Inventory, inventory_from_dict
 from scalerunner.coordinator.power.backends import build_backends
-from scalerunner.coordinator.power.base import PowerError, PowerState
+from scalerunner.coordinator.power.base import OutletStatus, PowerError, PowerState
+from scalerunner.coordinator.power.batch import StatusBatcher
 from scalerunner.coordinator.power.manager import PowerManager
 from scalerunner.coordinator.power.outlets import Outlet
 from scalerunner.coordinator.power.results import exit_code
@@ -157,3 +158,17 @@ def test_a_switch_that_does_not_answer_is_a_timeout_per_node() -> None:
         ]
 
     asyncio.run(main())
+
+
+def test_concurrent_polls_of_one_switch_are_one_request_and_a_bad_port_fails_alone() -> None:
+    async def scenario(agent: SimPoeSwitch, pm: PowerManager, seen: list[tuple[float, int, bool]]) -> None:
+        batcher = StatusBatcher(pm.backends["sw1"])
+        got = await asyncio.gather(*(batcher.read(p) for p in (1, 2, 3, 2)))
+        assert [s.outlet for s in got] == ["sw1:1", "sw1:2", "sw1:3", "sw1:2"] and batcher.requests == 1
+        mixed = await asyncio.gather(batcher.read(1), batcher.read(99), return_exceptions=True)
+        assert isinstance(mixed[0], OutletStatus) and mixed[0].state is PowerState.ON
+        assert isinstance(mixed[1], PowerError) and mixed[1].outlet == "sw1:99"
+        assert mixed[1].cause == "no-such-object"
+        assert batcher.requests == 1 + 3  # the joined read, then each port alone
+
+    run(scenario)

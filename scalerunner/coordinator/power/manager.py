@@ -25,6 +25,7 @@ from ..inventory import Inventory
 from ..store import Event, PowerSample, Store
 from . import sequence as sq
 from .base import OutletStatus, PowerBackend, PowerError
+from .batch import StatusBatcher
 from .energy import Energy, integrate
 from .outlets import Outlet, OutletMap, outlet_map, unique
 from .results import NodeResult, shape
@@ -64,6 +65,7 @@ class PowerManager:
         self.max_gap = 3 * self.sample_interval  # a longer silence is a gap, not a trapezoid
         self.clock = clock
         self._locks: dict[Outlet, asyncio.Lock] = {}
+        self._batchers: dict[str, StatusBatcher] = {}  # per device: concurrent polls in one request
         self._running: dict[str, _Running] = {}
         self._tasks: set[asyncio.Task[OutletStatus]] = set()
         self._sampler: asyncio.Task[None] | None = None
@@ -159,7 +161,7 @@ class PowerManager:
                     await backend.set_power(outlet.port, on)
                     return sq.Accepted(), None
                 case sq.Poll():
-                    status = (await backend.status([outlet.port]))[outlet.port]
+                    status = await self._batcher(backend).read(outlet.port)
                     return sq.Observed(status.state, status.detail), status
                 case sq.Wait(until=until):
                     await asyncio.sleep(max(0.0, until - self.clock()))
@@ -169,6 +171,12 @@ class PowerManager:
         except (OSError, KeyError, TimeoutError) as exc:
             return sq.Failed("unreachable", f"{type(exc).__name__}: {exc}"), None
         raise AssertionError(f"not a command to carry out: {cmd!r}")
+
+    def _batcher(self, backend: PowerBackend) -> StatusBatcher:
+        batcher = self._batchers.get(backend.name)
+        if batcher is None:
+            batcher = self._batchers[backend.name] = StatusBatcher(backend)
+        return batcher
 
     def submit(
         self, node: str, op: sq.Op, *, automated: bool, reason: str = ""
