@@ -62,6 +62,7 @@ class Peer:
         self.reply = node_topic(self.cluster, NODE, Kind.REPLY)
         self.chunks: dict[tuple[str, int], dict[int, bytes]] = {}
         self.statuses: list[JobStatus] = []
+        self.arrivals: dict[str, list[int]] = {}  # chunk numbers in the order they came
         self.telemetry: list[bytes] = []
         self._replies: dict[bytes, asyncio.Future[Reply]] = {}
         self._changed = asyncio.Event()
@@ -102,6 +103,7 @@ class Peer:
         elif topic.endswith("/log"):
             c = decode(data, LogChunk)
             self.chunks.setdefault((c.job, c.attempt), {})[c.seq] = data
+            self.arrivals.setdefault(c.job, []).append(c.seq)
         elif topic.endswith("/status"):
             self.statuses.append(decode(data, JobStatus))
         elif topic.endswith("/telemetry"):
@@ -201,6 +203,7 @@ def test_run_streams_numbered_chunks_in_order_and_reports_the_exit_code(
             assert (done.end, done.exit_code) == ("exited", 3)
             seqs = sorted(peer.chunks[("j-order", 1)])
             assert seqs == list(range(done.log_chunks)) and done.log_chunks >= 10
+            assert peer.arrivals["j-order"] == seqs  # each once, in order
             assert peer.text("j-order") == "".join(f"out{i}\n" for i in range(1, 6))
             assert peer.text("j-order", "stderr") == "".join(f"err{i}\n" for i in range(1, 6))
             phases = [s.phase for s in peer.statuses if s.job == "j-order"]
