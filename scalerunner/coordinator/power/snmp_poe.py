@@ -5,7 +5,9 @@ per-port watts the profile's vendor column (``profiles.py``), all normalised to 
 or v3 authPriv, address, UDP port and PSE group come from the inventory's ``Switch``.
 
 ``status()`` reads every asked-for port in one GET (split only if the switch answers tooBig),
-built on pysnmp's command generator with raw OIDs, so no MIB is loaded or looked up.
+built on pysnmp's command generator with raw OIDs, so no MIB is loaded or looked up. A GETBULK
+down the columns was tried and measured slower: agents cap a bulk answer (pysnmp's and snmpsim's
+at 64 objects), so 42 ports took two round trips instead of one.
 
 Every failure is a ``PowerError`` naming the switch and port, with a cause a script can match:
 ``timeout`` (no answer; in v2c a wrong community is also silence), ``auth`` (a v3 report:
