@@ -129,6 +129,24 @@ def test_node_never_receives_another_nodes_cmd(managed_broker: RunningBroker) ->
         _no_more(node)
 
 
+def test_a_granted_foreign_subscription_gets_no_retained_message_either(
+    managed_broker: RunningBroker,
+) -> None:
+    """The granted SUBSCRIBE leaks nothing: retained messages are checked against "read" too."""
+    b = managed_broker
+    with b.probe(b.coordinator_user) as coord, b.probe("node-b") as other, b.probe("node-a") as node:
+        coord.connect()
+        other.connect()
+        assert not other.publish(b.topic("node-b", "state"), b"b online", retain=True).is_failure
+        assert not coord.publish(b.topic("node-b", "cmd"), b"kept for b", retain=True).is_failure
+        coord.subscribe(b.topic("node-b", "state"))
+        assert coord.next_message().payload == b"b online"  # the retained message is there
+        node.connect()
+        assert node.subscribe(f"scalerunner/v1/{b.cluster}/nodes/+/state").value == GRANTED_QOS_1
+        assert node.subscribe(b.topic("node-b", "cmd")).value == GRANTED_QOS_1
+        _no_more(node, wait=0.5)
+
+
 def test_wrong_password_or_unknown_user_is_refused_at_connect(managed_broker: RunningBroker) -> None:
     b = managed_broker
     wrong = b.probe("node-a", password=b.password("node-b"))
