@@ -1,6 +1,6 @@
 """Is KVM usable here? Boot the guest once with it, under a short timeout, and remember the answer.
 
-On these machines /dev/kvm exists but guests hang after "Booting from ROM" (MACHINE.md), so
+On these machines /dev/kvm exists but guests hang after "Booting from ROM", so
 its presence proves nothing: only a guest that reaches userland does. The answer is cached in a
 small JSON file keyed by the QEMU binary and the kernel, so a node pays for the probe once.
 """
@@ -14,7 +14,7 @@ import logging
 import os
 from pathlib import Path
 
-from scalerunner.atomic import atomic_write
+from scalerunner.nodeagent.runtime.vm_guest import write_shared
 
 __all__ = ["PROBE_MARKER", "KvmProbe", "boot_reaches_userland"]
 
@@ -76,7 +76,7 @@ class KvmProbe:
             log.info("kvm probe", extra={"device": str(self.device), "usable": usable})
             cached[key] = usable
             self.cache_file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.cache_file, json.dumps(cached, indent=1).encode(), mode=0o644)
+            write_shared(self.cache_file, json.dumps(cached, indent=1).encode())
             return "kvm" if usable else "tcg"
 
     def _read(self) -> dict[str, bool]:

@@ -245,6 +245,8 @@ class VmRuntime:
         await self._make_disk(job, job.rootfs, disk)
         await asyncio.to_thread(write_job_initrd, base_initrd, archive, initrd)
         sockets = {port: scratch / f"{port}.sock" for port in PORTS}
+        if len(bytes(sockets["status"])) > 100:  # sun_path holds 108 bytes
+            raise RuntimeFault(job.job, f"scratch dir {scratch} is too deep for unix socket paths")
         ports = _Ports(sink, scratch / "work.tar")
         servers: list[asyncio.Server] = []
         proc: asyncio.subprocess.Process | None = None

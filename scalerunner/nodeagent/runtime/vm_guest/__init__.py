@@ -10,15 +10,17 @@ order, so the cached part is never rewritten.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import shlex
 import stat
+import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from scalerunner.atomic import atomic_write
+from scalerunner.atomic import fsync_dir
 
 __all__ = [
     "MODULES",
@@ -30,9 +32,10 @@ __all__ = [
     "newc_archive",
     "shell_words",
     "write_job_initrd",
+    "write_shared",
 ]
 
-# Load order matters: dependencies first (MACHINE.md). ext4 and the 8250 console are built in.
+# Load order matters: dependencies first (docs/runtime-vm.md). ext4 and the 8250 console are built in.
 MODULES = (
     "virtio_ring",
     "virtio",
@@ -147,8 +150,25 @@ def build_initramfs(kernel: GuestKernel, cache_dir: Path, busybox: Path = BUSYBO
     path = cache_dir / f"initramfs-{digest}.cpio"
     if not path.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, archive)
+        write_shared(path, archive)
     return path
+
+
+def write_shared(path: Path, data: bytes) -> None:
+    """Write ``path`` whole through a temp file of its own: several agents or test runs may build
+    the same cache file at once, and each must rename a complete file into place."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def shell_words(words: Sequence[str]) -> str:
