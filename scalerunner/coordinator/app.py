@@ -26,6 +26,10 @@ from .lifecycle import LifecycleConfig
 from .metrics import CoordinatorCollector, render
 from .mqttlink import CoordinatorLink, MqttSettings
 from .nodes import NodeManager
+from .power.backends import build_backends
+from .power.manager import PowerManager
+from .power.metrics import render_power
+from .power.service import PowerService
 from .store import Store, open_store
 
 log = logging.getLogger("scalerunner.coordinator")
@@ -60,6 +64,7 @@ class _Service(NodeManager):
     """NodeManager plus the metrics the API serves."""
 
     link: CoordinatorLink | None = None
+    power: PowerManager | None = None
 
     def metrics(self) -> bytes:
         def counters() -> dict[str, dict[str, int]]:
@@ -71,7 +76,8 @@ class _Service(NodeManager):
                 "commands": {"sent": self.link.commands_sent, "timed_out": self.link.commands_timed_out},
             }
 
-        return render(CoordinatorCollector(self.views, counters))
+        power = render_power(self.power) if self.power is not None else b""
+        return render(CoordinatorCollector(self.views, counters)) + power
 
 
 class Coordinator:
@@ -115,6 +121,11 @@ class Coordinator:
             self.store,
             config=LifecycleConfig(boot_timeout=t.boot_timeout, telemetry_timeout=t.telemetry_timeout),
         )
+        # node power: outlets from the inventory; the lifecycle's power actions become its tasks
+        self.power = PowerManager(inventory, build_backends(inventory, source=source), self.store)
+        self.power_service = PowerService(self.nodes, self.power)
+        self.power_service.attach()
+        self.nodes.power = self.power
         self.link: CoordinatorLink | None = None
         self._server: uvicorn.Server | None = None
         self._stops: list[Callable[[], Awaitable[None]]] = []  # of the parts started, in order
@@ -136,6 +147,8 @@ class Coordinator:
     async def _start(self) -> None:
         await self.store.start()
         self._stops.append(self.store.stop)
+        await self.power.start()  # before the nodes: their first ticks may switch power
+        self._stops.append(self.power.stop)
         await self.nodes.start()
         self._stops.append(self.nodes.stop)
         await self.broker.start()
@@ -165,7 +178,7 @@ class Coordinator:
         sock = bind_api(self.api_host, self.api_port, self.source)
         self.api_port = int(sock.getsockname()[1])
         config = uvicorn.Config(
-            create_app(self.nodes, self.token),
+            create_app(self.nodes, self.token, power=self.power_service),
             log_level="warning",
             lifespan="off",
             access_log=False,

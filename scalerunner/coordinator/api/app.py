@@ -19,14 +19,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from ... import __version__
 from ..errors import NodeStateError, UnknownNode
 from ..mqttlink import CommandFailed, CommandTimeout
+from ..power import api as power_api
 from .errors import document_errors, errors
 from .models import CommandResult, DrainRequest, EventView, HealthChange, NodeView
-from .service import NodeService
+from .service import NodeService, PowerApi
 
 _bearer = HTTPBearer(auto_error=False)
 
 
-def create_app(service: NodeService, token: str) -> FastAPI:
+def create_app(service: NodeService, token: str, power: PowerApi | None = None) -> FastAPI:
     app = FastAPI(
         title="Scalerunner coordinator",
         version=__version__,
@@ -117,4 +118,6 @@ def create_app(service: NodeService, token: str) -> FastAPI:
     ) -> list[EventView]:
         return await service.events(node, after, limit)
 
+    if power is not None:
+        power_api.install(app, power, Auth)  # /api/v1/power, /api/v1/energy (coordinator/power/api.py)
     return app
