@@ -152,3 +152,19 @@ def test_a_bad_reference_is_an_error_naming_it(tmp_path: Path, ref: str) -> None
     with pytest.raises(ImageError, match="not an image reference") as info:
         asyncio.run(ImageStore(tmp_path).pull(ref))
     assert info.value.image == ref
+
+
+@given(
+    code=st.integers(0, 255),
+    sizes=st.fixed_dictionaries({"out": st.integers(0, 2**40), "err": st.integers(0, 2**40)}),
+    noise=st.text(max_size=40),
+)
+def test_parse_status_reads_what_init_writes_and_never_raises_on_noise(
+    code: int, sizes: dict[str, int], noise: str
+) -> None:
+    line = f"exit {code} out={sizes['out']} err={sizes['err']} work=0\n"
+    assert parse_status(line) == GuestStatus(
+        code, sizes={"stdout": sizes["out"], "stderr": sizes["err"], "work": 0}
+    )
+    assert parse_status(line[:-1]) is None  # a line is not complete before its newline
+    parse_status(noise)  # whatever the console sends, no exception
