@@ -22,13 +22,14 @@ from .api.app import create_app
 from .broker import ExternalBroker, ManagedBroker, TlsFiles
 from .errors import ConfigError
 from .inventory import Inventory
-from .lifecycle import LifecycleConfig
+from .jobs.manager import JobManager
+from .lifecycle import LifecycleConfig, RequeueJobs
 from .metrics import CoordinatorCollector, render
 from .mqttlink import CoordinatorLink, MqttSettings
 from .nodes import NodeManager
 from .power.backends import build_backends
 from .power.manager import PowerManager
-from .power.metrics import render_power
+from .power.metrics import PowerCollector
 from .power.service import PowerService
 from .store import Store, open_store
 
@@ -64,6 +65,7 @@ class _Service(NodeManager):
     """NodeManager plus the metrics the API serves."""
 
     link: CoordinatorLink | None = None
+    jobs: JobManager | None = None
     power: PowerManager | None = None
 
     def metrics(self) -> bytes:
@@ -76,8 +78,10 @@ class _Service(NodeManager):
                 "commands": {"sent": self.link.commands_sent, "timed_out": self.link.commands_timed_out},
             }
 
-        power = render_power(self.power) if self.power is not None else b""
-        return render(CoordinatorCollector(self.views, counters)) + power
+        extra = [self.jobs.collector()] if self.jobs is not None else []
+        if self.power is not None:
+            extra.append(PowerCollector(self.power))
+        return render(CoordinatorCollector(self.views, counters), *extra)
 
 
 class Coordinator:
@@ -126,6 +130,10 @@ class Coordinator:
         self.power_service = PowerService(self.nodes, self.power)
         self.power_service.attach()
         self.nodes.power = self.power
+        self.jobs = JobManager(inventory, self.store, lambda: self.nodes.records, state_dir)
+        self.jobs.api_url = lambda: self.api_url
+        self.nodes.jobs = self.jobs
+        self.nodes.handle(RequeueJobs, self.jobs.requeue_node)
         self.link: CoordinatorLink | None = None
         self._server: uvicorn.Server | None = None
         self._stops: list[Callable[[], Awaitable[None]]] = []  # of the parts started, in order
@@ -167,10 +175,17 @@ class Coordinator:
             on_state=self.nodes.on_state,
             on_telemetry=self.nodes.on_telemetry,
             on_link=self.nodes.on_link,
+            on_job_status=self.jobs.on_status,
+            on_job_log=self.jobs.on_log,
             version=__version__,
         )
         self.nodes.link = self.link
         self.nodes.send_command = self.link.command
+        self.jobs.send_command = self.link.command
+        link = self.link
+        self.jobs.ready = lambda: link.connected  # no dispatch while the broker is away
+        await self.jobs.start()
+        self._stops.append(self.jobs.stop)
         await self.link.start()
         self._stops.append(self.link.stop)
         # The socket is bound here, not by uvicorn: a port in use is a ConfigError naming it
@@ -178,7 +193,7 @@ class Coordinator:
         sock = bind_api(self.api_host, self.api_port, self.source)
         self.api_port = int(sock.getsockname()[1])
         config = uvicorn.Config(
-            create_app(self.nodes, self.token, power=self.power_service),
+            create_app(self.nodes, self.token, jobs=self.jobs, power=self.power_service),
             log_level="warning",
             lifespan="off",
             access_log=False,

@@ -65,7 +65,8 @@ class CoordinatorCollector(Collector):
             yield fam
 
 
-def render(collector: CoordinatorCollector) -> bytes:
+def render(collector: CoordinatorCollector, *more: Collector) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
+    for c in (collector, *more):
+        registry.register(c)
     return bytes(generate_latest(registry))

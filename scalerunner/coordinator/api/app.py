@@ -18,6 +18,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ... import __version__
 from ..errors import NodeStateError, UnknownNode
+from ..jobs import api as jobs_api
+from ..jobs.manager import JobManager
 from ..mqttlink import CommandFailed, CommandTimeout
 from ..power import api as power_api
 from .errors import document_errors, errors
@@ -27,7 +29,9 @@ from .service import NodeService, PowerApi
 _bearer = HTTPBearer(auto_error=False)
 
 
-def create_app(service: NodeService, token: str, power: PowerApi | None = None) -> FastAPI:
+def create_app(
+    service: NodeService, token: str, jobs: JobManager | None = None, power: PowerApi | None = None
+) -> FastAPI:
     app = FastAPI(
         title="Scalerunner coordinator",
         version=__version__,
@@ -118,6 +122,8 @@ def create_app(service: NodeService, token: str, power: PowerApi | None = None) 
     ) -> list[EventView]:
         return await service.events(node, after, limit)
 
+    if jobs is not None:
+        jobs_api.install(app, jobs, Auth)  # /api/v1/jobs/... (coordinator/jobs/api.py)
     if power is not None:
         power_api.install(app, power, Auth)  # /api/v1/power, /api/v1/energy (coordinator/power/api.py)
     return app

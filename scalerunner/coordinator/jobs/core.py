@@ -129,6 +129,7 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     attempts: tuple[Attempt, ...] = ()
     exit_code: int | None = None
     cancel_reason: str | None = None
+    history: tuple[tuple[float, str, str], ...] = ()  # (at, state entered, reason), oldest first
 
     @property
     def current(self) -> Attempt | None:
@@ -248,7 +249,9 @@ class Scheduler:
     def submit(self, job_id: str, spec: JobSpec, at: float) -> Job:
         if job_id in self.jobs:
             raise ValueError(f"job {job_id} exists already")
-        job = Job(id=job_id, spec=spec, submitted_at=at, updated_at=at)
+        job = Job(
+            id=job_id, spec=spec, submitted_at=at, updated_at=at, history=((at, "queued", "submitted"),)
+        )
         self.jobs[job_id] = job
         self.changed.add(job_id)
         self.transitions.append(JobTransition(job_id, "", JobState.QUEUED.value, "submitted", at))
@@ -466,6 +469,7 @@ class Scheduler:
     def _move(self, job: Job, state: JobState, reason: str, at: float, attempt: int = 0) -> None:
         if state is not job.state:
             self.transitions.append(JobTransition(job.id, job.state.value, state.value, reason, at, attempt))
+            job = msgspec.structs.replace(job, history=(*job.history, (at, state.value, reason)))
         self._put(msgspec.structs.replace(job, state=state, reason=reason, updated_at=at))
 
     def _put(self, job: Job) -> None:

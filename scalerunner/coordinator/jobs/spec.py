@@ -24,10 +24,11 @@ __all__ = ["HilSpec", "JobSpec", "JobSpecError", "load_spec", "parse_spec", "spe
 Label = Annotated[str, msgspec.Meta(pattern=r"\A[A-Za-z0-9_.:=/-]{1,64}\Z")]
 EnvName = Annotated[str, msgspec.Meta(pattern=r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z")]
 Project = Annotated[str, msgspec.Meta(pattern=r"\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")]
-# An OCI reference: [registry[:port]/]path[:tag][@digest], lower-case path components.
+# An OCI reference: [registry[:port]/]path[:tag][@digest], lower-case path components; "" is
+# no image (the host's filesystem: the process runtime only).
 _IMAGE_RE = (
-    r"\A(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
-    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?\Z"
+    r"\A(?:(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?)?\Z"
 )
 Image = Annotated[str, msgspec.Meta(pattern=_IMAGE_RE)]
 MAX_MEMORY_MB = 2**40
@@ -58,7 +59,7 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     ``command`` (an argv) and ``script`` (run by /bin/sh -c)."""
 
     name: Annotated[str, msgspec.Meta(min_length=1, max_length=200)] = "job"
-    image: Image | Literal[""] = ""
+    image: Image = ""
     command: Annotated[list[str], msgspec.Meta(min_length=1)] | None = None
     script: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     arch: Literal["amd64", "arm64", "riscv64"] | None = None
