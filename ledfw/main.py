@@ -13,7 +13,7 @@ def main():
     if sys.platform == "rp2":
         import hal_rp2
 
-        hal = hal_rp2.Hal()
+        hal = hal_rp2.make()
         timeout = fw.HOST_TIMEOUT_MS
     else:
         if len(sys.argv) < 2:

@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from scalerunner.firmware import FIRMWARES, SIZE_BUDGET, build, deploy_command, manifest_modules
+from scalerunner.firmware import (
+    FIRMWARES,
+    SIZE_BUDGET,
+    FirmwareError,
+    build,
+    deploy_command,
+    ledboard_source,
+    manifest_modules,
+)
 
 SCALERUNNER = Path(sys.executable).with_name("scalerunner")
 REPO = Path(__file__).resolve().parents[1]
@@ -61,3 +69,28 @@ def test_the_firmwares_use_only_the_link_s_public_interface() -> None:
     for src in sorted([*(REPO / "ledfw").glob("*.py"), *(REPO / "bmc").glob("*.py")]):
         for n, line in enumerate(src.read_text().splitlines(), 1):
             assert not private.search(line), f"{src.relative_to(REPO)}:{n}: {line.strip()}"
+
+
+def test_leds_choose_the_led_board_in_a_ledboard_module_copied_with_the_firmware(tmp_path: Path) -> None:
+    assert ledboard_source("strip") == "N = 8\n"
+    assert ledboard_source("strip:32") == "N = 32\n"
+    assert "LIGHT_GUIDE as RGB_PINS" in ledboard_source("light-guide")
+    for bad in ("strip:0", "strip:33", "strip:x", "rgb", "light-guide:5"):
+        with pytest.raises(FirmwareError, match="strip:N"):
+            ledboard_source(bad)
+    built = build("ledfw", tmp_path, "strip:12")
+    assert (tmp_path / "ledboard.py").read_text() == "N = 12\n" and tmp_path / "ledboard.py" in built.files
+    cmd = deploy_command(built, "/dev/ttyACM0")
+    assert f"{tmp_path / 'ledboard.py'}" in cmd and ":ledboard.py" in cmd
+    assert not (tmp_path / "plain").exists()
+    assert all(f.name != "ledboard.py" for f in build("ledfw", tmp_path / "plain").files)
+
+
+def test_leds_for_the_bmc_or_a_bad_leds_value_is_a_usage_error() -> None:
+    for args in (["bmc", "--leds", "strip"], ["ledfw", "--leds", "strip:99"]):
+        r = subprocess.run(
+            [str(SCALERUNNER), "fw", "deploy", *args, "--port", "/dev/ttyACM9", "--dry-run"],
+            capture_output=True,
+            text=True,
+        )
+        assert r.returncode == 2 and "--leds" in r.stderr, r.stderr

@@ -9,8 +9,37 @@ from pathlib import Path
 
 import click
 
-from ..firmware import FIRMWARES, SIZE_BUDGET, FirmwareError, build, deploy_command, find_tool
+from ..firmware import (
+    FIRMWARES,
+    LEDS_HELP,
+    SIZE_BUDGET,
+    FirmwareError,
+    build,
+    deploy_command,
+    find_tool,
+    ledboard_source,
+)
 from . import exits
+
+
+def _leds(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    try:
+        ledboard_source(value)
+    except FirmwareError:
+        raise click.BadParameter(f"expected {LEDS_HELP}", ctx, param) from None
+    return value
+
+
+def _only_ledfw(firmware: str, leds: str | None) -> None:
+    if leds is not None and firmware != "ledfw":
+        raise click.UsageError(f"--leds: only the LED firmware (ledfw) has LEDs, not {firmware}")
+
+
+leds_option = click.option(
+    "--leds", callback=_leds, help=f"ledfw only: the LEDs, {LEDS_HELP} [default: strip]"
+)
 
 
 @click.group()
@@ -23,10 +52,12 @@ def fw() -> None:
 @click.option(
     "--out", type=click.Path(path_type=Path, file_okay=False), required=True, help="build directory"
 )
-def fw_build(firmware: str, out: Path) -> None:
+@leds_option
+def fw_build(firmware: str, out: Path, leds: str | None) -> None:
     """Compile FIRMWARE for the RP2040 into OUT and check its size budget."""
+    _only_ledfw(firmware, leds)
     try:
-        built = build(firmware, out)
+        built = build(firmware, out, leds)
     except FirmwareError as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exits.FAILED)
@@ -41,12 +72,14 @@ def fw_build(firmware: str, out: Path) -> None:
 @click.argument("firmware", type=click.Choice(FIRMWARES))
 @click.option("--port", required=True, help="the board's USB serial port, e.g. /dev/ttyACM0")
 @click.option("--dry-run", is_flag=True, help="print the mpremote commands instead of running them")
-def fw_deploy(firmware: str, port: str, dry_run: bool) -> None:
+@leds_option
+def fw_deploy(firmware: str, port: str, dry_run: bool, leds: str | None) -> None:
     """Install FIRMWARE onto the RP2040 on PORT with mpremote, then reset the board."""
+    _only_ledfw(firmware, leds)
     mpremote = find_tool("mpremote")
     with tempfile.TemporaryDirectory(prefix=f"scalerunner-{firmware}-") as tmp:
         try:
-            built = build(firmware, Path(tmp))
+            built = build(firmware, Path(tmp), leds)
         except FirmwareError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exits.FAILED)

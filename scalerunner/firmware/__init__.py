@@ -85,9 +85,32 @@ def mpy_cross() -> str:
     return found
 
 
-def build(firmware: str, out_dir: Path) -> Built:
+# The LED firmware answers STATUS_GET with its pixels as hex text in an EVENT (at most 248 characters):
+# 32 pixels fit with the mode and counter beside them.
+MAX_STRIP = 32
+LEDS_HELP = "strip (8 WS2812 on GP16), strip:N (N of them, 1..32) or light-guide (5 RGB LEDs on PWM)"
+
+
+def ledboard_source(leds: str) -> str:
+    """``ledboard.py`` for the LED firmware (ledfw/hal_rp2.py reads it at boot) from a ``--leds`` value."""
+    if leds == "light-guide":
+        return "from hal_rp2 import LIGHT_GUIDE as RGB_PINS  # noqa: F401\n"
+    kind, _, count = leds.partition(":")
+    if kind == "strip" and (not count or (count.isdigit() and 1 <= int(count) <= MAX_STRIP)):
+        return f"N = {int(count or 8)}\n"
+    raise FirmwareError(f"--leds {leds}", f"expected {LEDS_HELP}")
+
+
+def build(firmware: str, out_dir: Path, leds: str | None = None) -> Built:
+    """Compile ``firmware`` into ``out_dir``; for ledfw, ``leds`` (see LEDS_HELP) adds ``ledboard.py``."""
+    if leds is not None and firmware != "ledfw":
+        raise FirmwareError(f"--leds {leds}", f"only the LED firmware has LEDs, not {firmware}")
+    board = ledboard_source(leds) if leds is not None else None
     out_dir.mkdir(parents=True, exist_ok=True)
     files = []
+    if board is not None:
+        (out_dir / "ledboard.py").write_text(board)
+        files.append(out_dir / "ledboard.py")
     for src in manifest_modules(firmware):
         if src.name == "main.py":
             dst = out_dir / "main.py"

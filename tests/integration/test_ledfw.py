@@ -13,18 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import os
 import re
 import subprocess
+import textwrap
 import time
 import tty
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from scalerunner.firmware import micropypath
+from scalerunner.firmware import ledboard_source, micropypath
 from scalerunner.protocol import DeviceKind, ErrorCode, EventLevel, Frame, Message, MsgType, encode_frame
 from scalerunner.protocol.link import Link
 from scalerunner.protocol.link.streams import FdStream
@@ -434,3 +437,96 @@ def test_every_firmware_module_compiles_with_mpy_cross(tmp_path: Path) -> None:
         proc = subprocess.run([mpy_cross, "-o", str(out), str(src)], capture_output=True, text=True)
         assert proc.returncode == 0, f"{src.name}: {proc.stderr}"
         assert out.read_bytes()[:1] == b"M"  # an .mpy file
+
+
+# --- hal_rp2 on stand-ins for the RP2040's peripherals ------------------------------------------------
+
+# machine.Pin/PWM/UART and neopixel do not exist on the unix port: these record what the HAL asks of them,
+# so its pin mapping and channel order are checked under the real interpreter (the rest is the board's).
+FAKE_MACHINE = """
+log = []
+class Pin:
+    OUT = 1
+    def __init__(self, n, mode=None):
+        self.n = n
+class PWM:
+    def __init__(self, pin, freq=0):
+        self.pin = pin.n
+        log.append(("pwm", pin.n, freq))
+    def duty_u16(self, d):
+        log.append(("duty", self.pin, d))
+class UART:
+    def __init__(self, *a, **k):
+        pass
+def unique_id():
+    return b"\\x01" * 8
+"""
+FAKE_NEOPIXEL = """
+import machine
+class NeoPixel:
+    def __init__(self, pin, n):
+        self.buf = bytearray(3 * n)
+        machine.log.append(("strip", pin.n, n))
+    def write(self):
+        machine.log.append(("shown", bytes(self.buf)))
+"""
+
+
+def run_hal_rp2(tmp_path: Path, ledboard: str | None, code: str) -> list[Any]:
+    (tmp_path / "machine.py").write_text(FAKE_MACHINE)
+    (tmp_path / "neopixel.py").write_text(FAKE_NEOPIXEL)
+    if ledboard is not None:
+        (tmp_path / "ledboard.py").write_text(ledboard)
+    script = tmp_path / "driver.py"
+    script.write_text("import json, machine, hal_rp2\n" + textwrap.dedent(code))
+    proc = subprocess.run(
+        [micropython_binary(), str(script)],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        env={**os.environ, "MICROPYPATH": f"{tmp_path}:{MICROPYPATH}"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [json.loads(line) for line in proc.stdout.splitlines()]
+
+
+def test_the_light_guide_board_drives_five_rgb_leds_on_fifteen_pwm_channels(tmp_path: Path) -> None:
+    out = run_hal_rp2(
+        tmp_path,
+        ledboard_source("light-guide"),
+        """
+        hal = hal_rp2.make()
+        buf = hal.pixels(hal.n)
+        for j in range(len(buf)):
+            buf[j] = j * 10
+        del machine.log[:]
+        hal.write(buf)
+        print(json.dumps([hal.n, [list(e) for e in machine.log]]))
+        print(json.dumps(sorted(set(hal_rp2.pwm_channel(p) for t in hal_rp2.LIGHT_GUIDE for p in t))))
+        """,
+    )
+    n, log = out[0]
+    pins = [p for trio in ((2, 3, 4), (5, 6, 7), (8, 9, 10), (11, 12, 13), (14, 15, 16)) for p in trio]
+    assert n == 5
+    assert log == [["duty", pin, j * 10 * 257] for j, pin in enumerate(pins)]  # LED i: R G B on its pins
+    assert len(out[1]) == 15  # no two outputs on one PWM slice channel
+
+
+def test_a_strip_from_ledboard_is_written_in_the_ws2812_s_grb_order_and_bad_pins_are_refused(
+    tmp_path: Path,
+) -> None:
+    out = run_hal_rp2(
+        tmp_path,
+        ledboard_source("strip:3"),
+        """
+        hal = hal_rp2.make()
+        hal.write(bytes([1, 2, 3, 4, 5, 6, 7, 8, 9]))
+        print(json.dumps([hal.n, [list(e) if e[0] == "strip" else e[1].hex() for e in machine.log]]))
+        try:
+            hal_rp2.Hal(rgb_pins=((2, 3, 4), (18, 19, 20)))
+        except ValueError as e:
+            print(json.dumps(str(e)))
+        """,
+    )
+    assert out[0] == [3, [["strip", 16, 3], "020103050406080709"]]
+    assert out[1] == "GP2 and GP18 share PWM slice 1 channel A"
