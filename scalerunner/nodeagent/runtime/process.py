@@ -16,8 +16,10 @@ random, urandom, tty bound from the host) and the workdir at ``/work``, then chr
 Without it the job sees the host's filesystem, with its own /proc, and runs in the workdir.
 
 Limits: ``memory_mb`` is the job's address-space rlimit (``ulimit -v``): an allocation beyond it
-fails, the job is not killed. ``cpus`` is not enforced (this machine's cgroup v2 hierarchy has no
-cpu or memory controller). The network is the host's. The timeout is enforced: SIGKILL to all,
+fails, the job is not killed. ``cpus`` is not enforced: these machines mount cgroup v1 controllers
+(cpu, memory, pids) and a cgroup v2 hierarchy with none of them, so there is no v2 to use. The
+network is the host's (a job may need to fetch things) and there is no user namespace (the agent
+runs as root; mapping root to root would add nothing). The timeout is enforced: SIGKILL to all,
 exit code 124.
 """
 
