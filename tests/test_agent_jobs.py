@@ -235,3 +235,59 @@ def test_the_executor_clears_only_stale_attempt_dirs_on_start(tmp_path: Path) ->
 
     asyncio.run(scenario())
     assert sorted(p.name for p in jobs.iterdir()) == ["keep-me", "notes.txt"]
+
+
+_ENTRY = st.tuples(
+    st.sampled_from(["a", "b", "a/c", "a/c/d", "e"]),  # parent directory
+    st.sampled_from(["f1", "f2", "l1", "l2"]),  # f*: a file, l*: a symlink
+    st.sampled_from(["inside", "outside", "dir-inside", "dir-outside"]),  # where a link points
+)
+
+
+@given(
+    entries=st.lists(_ENTRY, max_size=12),
+    patterns=st.lists(
+        st.sampled_from(["**/*", "*", "a/**", "*/f1", "a/*/*", "../*", "/etc/*"]), min_size=1, max_size=3
+    ),
+)
+def test_select_never_hands_out_a_file_outside_or_behind_a_link_and_finds_every_plain_file(
+    tmp_path_factory: pytest.TempPathFactory, entries: list[tuple[str, str, str]], patterns: list[str]
+) -> None:
+    base = tmp_path_factory.mktemp("art")
+    work, outside = base / "work", base / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "secret").write_text("s")
+    for parent, name, target in entries:
+        d = work / parent
+        d.mkdir(parents=True, exist_ok=True)
+        p = d / name
+        if p.exists() or p.is_symlink():
+            continue
+        if name.startswith("f"):
+            p.write_text(name)
+        else:
+            dest = {
+                "inside": work / "a",
+                "outside": outside / "secret",
+                "dir-inside": work,
+                "dir-outside": outside,
+            }
+            os.symlink(dest[target], p)
+    work.mkdir(exist_ok=True)
+    sel = select(work, patterns)
+    root = work.resolve()
+    for art in sel.artifacts:
+        assert art.path.resolve().is_relative_to(root)
+        walk = root
+        for part in Path(art.name).parts:
+            walk = walk / part
+            assert not walk.is_symlink(), art.name
+        assert art.path.is_file()
+    if "**/*" in patterns:  # every plain file reached without a link is found
+        plain = set()
+        for dirpath, _dirs, filenames in os.walk(root):  # os.walk does not follow links
+            for f in filenames:
+                p = Path(dirpath) / f
+                if not p.is_symlink():
+                    plain.add(p.relative_to(root).as_posix())
+        assert plain <= {a.name for a in sel.artifacts}
