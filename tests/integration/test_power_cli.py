@@ -163,6 +163,8 @@ def test_a_bulk_cycle_with_one_bad_node_prints_a_line_per_node_and_exits_1(setup
         "bare: cycle FAILED (not-assigned): bare: the inventory gives this node no switch port or BMC"
     )
     assert "cycle failed on 1 of 3 nodes: bare" in r.stderr
+    [bare] = [n for n in json.loads(setup.cli("nodes", "ls", "--json").stdout) if n["name"] == "bare"]
+    assert bare["state"] == "off"  # nothing can switch it: its lifecycle is left alone
     events = json.loads(setup.cli("events", "--node", "n1", "--json").stdout)
     power = [e for e in events if e["axis"] == "power"]
     assert power[-1]["new"] == "cycle ok" and power[-1]["reason"].startswith("operator: firmware update")

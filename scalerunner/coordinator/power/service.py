@@ -74,11 +74,14 @@ class PowerService:
     async def _one(self, name: str, op: Op, reason: str) -> OutletStatus | BaseException:
         before = self.power.pending(name)
         try:
+            self.power.outlet(name)  # a node nothing can switch keeps its lifecycle as it is
             await self.nodes.apply_event(name, _EVENTS[op](at=self.clock(), reason=reason))
         except UnknownNode as exc:
             return PowerError(name, "unknown-node", str(exc))
         except NodeStateError as exc:
             return PowerError(name, "refused", str(exc))
+        except PowerError as exc:
+            return exc
         task = self.power.pending(name)
         if task is None or task is before:
             # The lifecycle had nothing to switch (already on, already off): the operator still
