@@ -69,6 +69,7 @@ class PowerManager:
         self._running: dict[str, _Running] = {}
         self._tasks: set[asyncio.Task[OutletStatus]] = set()
         self._sampler: asyncio.Task[None] | None = None
+        self._records: set[asyncio.Future[list[int]]] = set()  # power events being written
         self._started: list[PowerBackend] = []
         # for /metrics: actions by op, failures by cause, the last watts and the energy counted
         self.actions: Counter[str] = Counter()
@@ -97,6 +98,8 @@ class PowerManager:
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+        if self._records:  # the events of the actions just ended, before the store stops
+            await asyncio.wait(list(self._records), timeout=5)
         while self._started:
             backend = self._started.pop()
             try:
@@ -229,6 +232,8 @@ class PowerManager:
         )
         if self.store is not None:
             record = asyncio.ensure_future(self.store.apply(None, [event]))
+            self._records.add(record)
+            record.add_done_callback(self._records.discard)
             record.add_done_callback(_log_failure)
 
     async def bulk(self, nodes: Sequence[str], op: sq.Op) -> list[NodeResult]:
