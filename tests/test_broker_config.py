@@ -1,9 +1,11 @@
-"""The managed broker's files: mosquitto.conf and the ACL as rendered (pure), the credentials
-file, and the hashed password file (made by the real ``mosquitto_passwd``, which is quick)."""
+"""The managed broker's files: mosquitto.conf, the dynamic-security plugin's users and roles and
+the external ACL as rendered (pure), the credentials file, and the plugin's password hashes."""
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import json
 import stat
 from pathlib import Path
@@ -18,15 +20,17 @@ from scalerunner.coordinator.broker import (
     ExternalBroker,
     MosquittoConfig,
     TlsFiles,
+    dynsec_hash,
     ensure_credentials,
     load_credentials,
     node_password,
     render_acl,
     render_conf,
+    render_dynsec,
     restart_delay,
-    write_password_file,
 )
-from scalerunner.coordinator.broker.config import connect_host, format_endpoint
+from scalerunner.coordinator.broker.config import PasswordHash, connect_host, dynsec_commands, format_endpoint
+from scalerunner.coordinator.broker.supervisor import find_dynsec_plugin
 from scalerunner.coordinator.errors import BrokerError, ConfigError, UnknownNode
 from scalerunner.protocol.mqtt.topics import NAME_RE
 
@@ -73,8 +77,9 @@ def test_conf_has_one_listener_no_anonymous_clients_and_the_generated_files() ->
     lines = _lines(render_conf(CONFIG, FILES))
     assert "allow_anonymous false" in lines
     assert "per_listener_settings false" in lines
-    assert f"password_file {FILES.password_file}" in lines
-    assert f"acl_file {FILES.acl}" in lines
+    assert f"plugin {CONFIG.plugin}" in lines
+    assert f"plugin_opt_config_file {FILES.dynsec}" in lines
+    assert not any(line.startswith(("password_file", "acl_file")) for line in lines)
     assert [line for line in lines if line.startswith("listener")] == ["listener 18830 127.0.0.1"]
     assert not any(line.startswith(("certfile", "keyfile", "cafile", "tls_version")) for line in lines)
 
@@ -221,7 +226,69 @@ def test_a_credentials_file_open_to_others_is_closed_again(tmp_path: Path) -> No
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
 
 
-# -- no plaintext password in any file handed to mosquitto -----------------------------------
+# -- the dynamic-security plugin's file --------------------------------------------------------
+
+
+def _hashes(cfg: MosquittoConfig) -> dict[str, PasswordHash]:
+    return {u: dynsec_hash(f"pw-{u}", salt=b"0123456789ab") for u in cfg.users}
+
+
+def test_dynsec_gives_each_node_a_role_of_its_literal_topics_and_denies_the_rest() -> None:
+    doc = json.loads(render_dynsec(CONFIG, _hashes(CONFIG)))
+    assert doc["defaultACLAccess"] == {
+        "publishClientSend": False,
+        "publishClientReceive": False,
+        "subscribe": False,
+        "unsubscribe": True,
+    }
+    clients = {c["username"]: [r["rolename"] for r in c["roles"]] for c in doc["clients"]}
+    assert clients == {
+        "coordinator": ["coordinator"],
+        "rack1-01": ["node-rack1-01"],
+        "rack1-02": ["node-rack1-02"],
+    }
+    roles = {r["rolename"]: {(a["acltype"], a["topic"]) for a in r["acls"]} for r in doc["roles"]}
+    base = "scalerunner/v1/rack1/nodes/rack1-02"
+    assert roles["node-rack1-02"] == {
+        *(
+            ("publishClientSend", f"{base}/{t}")
+            for t in ("state", "telemetry", "reply", "jobs/+/log", "jobs/+/status")
+        ),
+        ("publishClientReceive", f"{base}/cmd"),
+        ("subscribeLiteral", f"{base}/cmd"),
+    }
+    assert ("subscribePattern", "scalerunner/v1/rack1/#") in roles["coordinator"]
+    assert ("publishClientSend", "$CONTROL/dynamic-security/v1/#") in roles["coordinator"]
+    assert all(a["allow"] for r in doc["roles"] for a in r["acls"])
+
+
+def test_dynsec_hash_is_the_plugins_pbkdf2_sha512_and_salts_differ() -> None:
+    h = dynsec_hash("secret", salt=b"saltsaltsalt")
+    expect = hashlib.pbkdf2_hmac("sha512", b"secret", b"saltsaltsalt", 101, 64)
+    assert (base64.b64decode(h.hash), base64.b64decode(h.salt), h.iterations) == (
+        expect,
+        b"saltsaltsalt",
+        101,
+    )
+    assert dynsec_hash("secret").salt != dynsec_hash("secret").salt
+
+
+def test_dynsec_needs_a_hash_for_every_user() -> None:
+    hashes = _hashes(CONFIG)
+    del hashes["rack1-02"]
+    with pytest.raises(ConfigError, match="rack1-02"):
+        render_dynsec(CONFIG, hashes)
+
+
+def test_reload_commands_delete_the_leavers_and_create_the_new_with_their_roles() -> None:
+    cmds = dynsec_commands(CONFIG, {"rack1-03": "pw3"}, ("rack1-01",))
+    assert [(c["command"], c.get("username") or c.get("rolename")) for c in cmds] == [
+        ("deleteClient", "rack1-01"),
+        ("deleteRole", "node-rack1-01"),
+        ("createRole", "node-rack1-03"),
+        ("createClient", "rack1-03"),
+    ]
+    assert cmds[3]["password"] == "pw3" and cmds[3]["roles"] == [{"rolename": "node-rack1-03"}]
 
 
 def test_no_file_handed_to_mosquitto_holds_a_plaintext_password(tmp_path: Path) -> None:
@@ -229,36 +296,12 @@ def test_no_file_handed_to_mosquitto_holds_a_plaintext_password(tmp_path: Path) 
     files.directory.mkdir()
     cfg = MosquittoConfig(cluster="rack1", port=1883, nodes=("n1", "n2"))
     creds = ensure_credentials(tmp_path / "creds.json", cfg.users)
-    write_password_file(files.password_file, creds)
-    files.acl.write_text(render_acl(cfg))
+    files.dynsec.write_text(render_dynsec(cfg, {u: dynsec_hash(pw) for u, pw in creds.items()}))
     files.conf.write_text(render_conf(cfg, files))
-
-    handed = sorted(p.name for p in files.directory.iterdir())
-    assert handed == ["acl", "mosquitto.conf", "passwd"]  # and no plaintext temp file left
     for path in files.directory.iterdir():
         text = path.read_text()
         for password in creds.values():
             assert password not in text, path.name
-    entries = dict(line.split(":", 1) for line in files.password_file.read_text().splitlines())
-    assert sorted(entries) == sorted(cfg.users)
-    assert all(h.startswith("$7$") for h in entries.values())  # mosquitto's sha512-pbkdf2
-    assert stat.S_IMODE(files.password_file.stat().st_mode) == 0o600
-
-
-def test_a_failed_hash_leaves_no_plaintext_behind(tmp_path: Path) -> None:
-    target = tmp_path / "passwd"
-    with pytest.raises(OSError, match="exited with 1"):
-        write_password_file(target, {"n1": "secret-secret"}, mosquitto_passwd="false")
-    assert list(tmp_path.iterdir()) == []
-    with pytest.raises(FileNotFoundError):
-        write_password_file(target, {"n1": "secret-secret"}, mosquitto_passwd="/nonexistent/passwd")
-    assert list(tmp_path.iterdir()) == []
-
-
-def test_a_user_or_password_mosquitto_cannot_store_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="line breaks"):
-        write_password_file(tmp_path / "passwd", {"n1": "a\nn2:b"})
-    assert list(tmp_path.iterdir()) == []
 
 
 # -- small pieces -----------------------------------------------------------------------------
@@ -302,3 +345,12 @@ def test_external_broker_reads_the_coordinators_password_and_starts_nothing(tmp_
     with pytest.raises(ConfigError) as err:
         asyncio.run(ExternalBroker("mqtt.lab", 1883, "coordinator", tmp_path / "missing").start())
     assert err.value.path == str(tmp_path / "missing")
+
+
+def test_the_plugin_is_found_in_a_multiarch_directory_and_its_absence_is_none(tmp_path: Path) -> None:
+    assert find_dynsec_plugin([str(tmp_path / "lib/*-linux-gnu"), str(tmp_path / "lib")]) is None
+    arch = tmp_path / "lib" / "riscv64-linux-gnu"
+    arch.mkdir(parents=True)
+    (arch / "mosquitto_dynamic_security.so").write_bytes(b"\x7fELF")
+    found = find_dynsec_plugin([str(tmp_path / "lib/*-linux-gnu"), str(tmp_path / "lib")])
+    assert found == arch / "mosquitto_dynamic_security.so"

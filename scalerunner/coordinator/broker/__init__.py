@@ -1,7 +1,8 @@
 """The coordinator's MQTT broker: a mosquitto it starts and supervises, or an external one.
 
-- ``config``: mosquitto.conf and the ACL rendered from a small input (pure).
-- ``credentials``: per-node and coordinator passwords, and mosquitto's hashed password file.
+- ``config``: mosquitto.conf, the dynamic-security plugin's users and roles, and the
+  equivalent ACL file for an external mosquitto, rendered from a small input (pure).
+- ``credentials``: per-node and coordinator passwords, and their hashes for the plugin.
 - ``supervisor``: ``ManagedBroker`` (start/stop/reload of a child mosquitto) and
   ``ExternalBroker``.
 
@@ -16,8 +17,9 @@ from .config import (
     TlsFiles,
     render_acl,
     render_conf,
+    render_dynsec,
 )
-from .credentials import ensure_credentials, load_credentials, node_password, write_password_file
+from .credentials import dynsec_hash, ensure_credentials, load_credentials, node_password
 from .supervisor import CREDENTIALS_FILE, Broker, ExternalBroker, ManagedBroker, restart_delay
 
 __all__ = [
@@ -30,11 +32,12 @@ __all__ = [
     "ManagedBroker",
     "MosquittoConfig",
     "TlsFiles",
+    "dynsec_hash",
     "ensure_credentials",
     "load_credentials",
     "node_password",
     "render_acl",
     "render_conf",
+    "render_dynsec",
     "restart_delay",
-    "write_password_file",
 ]

@@ -1,35 +1,45 @@
-"""mosquitto's configuration and ACL for the managed broker, rendered from a small input.
+"""mosquitto's configuration and access control for the managed broker, from a small input.
 
-Pure: data in, text out. Nothing here reads a file, starts a process or knows a password;
-the password file is made from the credentials by ``credentials.write_password_file``.
+Pure: data in, text out. Nothing here reads a file, starts a process or makes a password.
 
-The ACL confines every node with ``pattern`` lines: mosquitto replaces ``%u`` with the
-client's user name, and a node's user name is its node name, which can never contain
-``+``, ``#`` or ``/`` (``protocol.mqtt.topics.check_name``), so ``%u`` is always exactly one
-topic level.
+The managed broker checks users and topics with mosquitto's dynamic-security plugin
+(``render_dynsec``): it refuses a forbidden SUBSCRIBE with SUBACK 0x87, which the plain
+``acl_file`` of mosquitto 2.0 does not (it grants the filter and filters on delivery). The
+plugin does not substitute ``%u`` in 2.0.11, so every node has a role of its own naming its
+topics literally; a node's name can never contain ``+``, ``#`` or ``/``
+(``protocol.mqtt.topics.check_name``). ``render_acl`` renders the same rules as an
+``acl_file`` with ``pattern`` lines, for an external mosquitto (docs/broker.md).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import re
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ...protocol.mqtt.topics import ROOT, TopicError, check_name
 from ..errors import ConfigError
 
 __all__ = [
     "COORDINATOR_USER",
+    "DYNSEC_TOPIC",
     "BrokerAccess",
     "BrokerFiles",
     "MosquittoConfig",
+    "PasswordHash",
     "TlsFiles",
     "connect_host",
+    "dynsec_commands",
     "format_endpoint",
+    "node_acls",
     "render_acl",
     "render_conf",
+    "render_dynsec",
 ]
 
 COORDINATOR_USER = "coordinator"
@@ -37,6 +47,8 @@ COORDINATOR_USER = "coordinator"
 # What a node may write under its own prefix, and what it may read; %u is the node's name.
 NODE_WRITES = ("state", "telemetry", "reply", "jobs/+/log", "jobs/+/status")
 NODE_READS = ("cmd",)
+
+DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"  # the plugin's control API; answers on .../response
 
 _SOURCE = "broker"  # ConfigError.path: the input is not a file; the inventory loader names its own
 _HOST_RE = re.compile(r"^[A-Za-z0-9.:_-]{1,253}$")
@@ -64,12 +76,9 @@ class BrokerFiles:
         return self.directory / "mosquitto.conf"
 
     @property
-    def acl(self) -> Path:
-        return self.directory / "acl"
-
-    @property
-    def password_file(self) -> Path:
-        return self.directory / "passwd"
+    def dynsec(self) -> Path:
+        """The dynamic-security plugin's users and roles (it rewrites the file on every change)."""
+        return self.directory / "dynamic-security.json"
 
     @property
     def log(self) -> Path:
@@ -92,6 +101,7 @@ class MosquittoConfig:
     coordinator_user: str = COORDINATOR_USER
     tls: TlsFiles | None = None
     run_as: str | None = None  # mosquitto's `user` line: the account it keeps after starting as root
+    plugin: Path = Path("/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so")
 
     def __post_init__(self) -> None:
         _check_name("cluster", "cluster", self.cluster)
@@ -112,6 +122,7 @@ class MosquittoConfig:
             raise ConfigError(_SOURCE, "port", f"{self.port} is not a TCP port (0-65535)")
         if self.run_as is not None and not re.match(r"^[a-z_][a-z0-9_.-]{0,31}$", self.run_as):
             raise ConfigError(_SOURCE, "run_as", f"{self.run_as!r} is not a user name")
+        _check_path("plugin", self.plugin)
         if self.tls is not None:
             _check_path("tls.certfile", self.tls.certfile)
             _check_path("tls.keyfile", self.tls.keyfile)
@@ -194,8 +205,97 @@ def render_acl(config: MosquittoConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+@dataclass(frozen=True)
+class PasswordHash:
+    """A password as the dynamic-security plugin stores it: base64 PBKDF2-HMAC-SHA512 (64 bytes)
+    of the password with ``salt`` (base64) over ``iterations``."""
+
+    hash: str = field(repr=False)
+    salt: str
+    iterations: int
+
+
+def _role(node: str) -> str:
+    return f"node-{node}"
+
+
+def node_acls(config: MosquittoConfig, node: str) -> list[dict[str, Any]]:
+    """The role of ``node``: publish under its own prefix, receive and subscribe to its cmd."""
+    base = f"{config.prefix}/nodes/{node}"
+    acls: list[dict[str, Any]] = [
+        {"acltype": "publishClientSend", "topic": f"{base}/{tail}", "allow": True} for tail in NODE_WRITES
+    ]
+    for tail in NODE_READS:
+        acls.append({"acltype": "publishClientReceive", "topic": f"{base}/{tail}", "allow": True})
+        acls.append({"acltype": "subscribeLiteral", "topic": f"{base}/{tail}", "allow": True})
+    return acls
+
+
+def _coordinator_acls(config: MosquittoConfig) -> list[dict[str, Any]]:
+    """Everything in the cluster's tree, and the plugin's control API (``reload`` uses it)."""
+    acls = []
+    for topic in (f"{config.prefix}/#", f"{DYNSEC_TOPIC}/#"):
+        for kind in ("publishClientSend", "publishClientReceive", "subscribePattern"):
+            acls.append({"acltype": kind, "topic": topic, "allow": True})
+    return acls
+
+
+def render_dynsec(config: MosquittoConfig, hashes: Mapping[str, PasswordHash]) -> str:
+    """The dynamic-security plugin's file: the coordinator and every node as clients (``hashes``
+    must have each of ``config.users``), one role each; everything else denied."""
+    missing = [u for u in config.users if u not in hashes]
+    if missing:
+        raise ConfigError(_SOURCE, "users", f"no password hash for {', '.join(missing)}")
+
+    def client(user: str, role: str) -> dict[str, Any]:
+        h = hashes[user]
+        return {
+            "username": user,
+            "password": h.hash,
+            "salt": h.salt,
+            "iterations": h.iterations,
+            "roles": [{"rolename": role}],
+        }
+
+    coordinator = config.coordinator_user
+    doc = {
+        "clients": [client(coordinator, coordinator)] + [client(n, _role(n)) for n in config.nodes],
+        "roles": [{"rolename": coordinator, "acls": _coordinator_acls(config)}]
+        + [{"rolename": _role(n), "acls": node_acls(config, n)} for n in config.nodes],
+        "defaultACLAccess": {
+            "publishClientSend": False,
+            "publishClientReceive": False,
+            "subscribe": False,
+            "unsubscribe": True,
+        },
+    }
+    return json.dumps(doc, indent=1) + "\n"
+
+
+def dynsec_commands(
+    config: MosquittoConfig, added: Mapping[str, str], removed: tuple[str, ...]
+) -> list[dict[str, Any]]:
+    """The control-API commands that add the nodes of ``added`` (node -> plaintext password; the
+    plugin hashes it) and delete the ``removed`` ones with their roles."""
+    commands: list[dict[str, Any]] = []
+    for node in removed:
+        commands.append({"command": "deleteClient", "username": node})
+        commands.append({"command": "deleteRole", "rolename": _role(node)})
+    for node, password in added.items():
+        commands.append({"command": "createRole", "rolename": _role(node), "acls": node_acls(config, node)})
+        commands.append(
+            {
+                "command": "createClient",
+                "username": node,
+                "password": password,
+                "roles": [{"rolename": _role(node)}],
+            }
+        )
+    return commands
+
+
 def render_conf(config: MosquittoConfig, files: BrokerFiles) -> str:
-    """``mosquitto.conf``: one listener, no anonymous clients, the password and ACL files.
+    """``mosquitto.conf``: one listener, no anonymous clients, the dynamic-security plugin.
 
     ``config.port`` must be the real port (the supervisor picks one for 0 before rendering).
     Logs go to stderr, which the supervisor sends to ``files.log``. Nothing is persisted:
@@ -204,19 +304,15 @@ def render_conf(config: MosquittoConfig, files: BrokerFiles) -> str:
     """
     if config.port == 0:
         raise ConfigError(_SOURCE, "port", "pick a port before rendering mosquitto.conf (0 means any)")
-    for key, path in (
-        ("files.password_file", files.password_file),
-        ("files.acl", files.acl),
-    ):
-        _check_path(key, path)
+    _check_path("files.dynsec", files.dynsec)
     lines = [
         f"# mosquitto configuration for scalerunner cluster {config.cluster!r}.",
-        "# Generated by the coordinator on every start and reload; edits are overwritten.",
-        "# The coordinator applies changes to the password and ACL files with SIGHUP.",
+        "# Generated by the coordinator on every start; edits are overwritten. Users and roles are the",
+        "# dynamic-security plugin's; the coordinator changes them through its control API.",
         "per_listener_settings false",
         "allow_anonymous false",
-        f"password_file {files.password_file}",
-        f"acl_file {files.acl}",
+        f"plugin {config.plugin}",
+        f"plugin_opt_config_file {files.dynsec}",
     ]
     if config.run_as is not None:
         lines.append(f"user {config.run_as}")

@@ -5,9 +5,9 @@ written atomically (temp file, fsync, ``os.replace``)::
 
     {"version": 1, "users": {"coordinator": "...", "rack1-01": "..."}}
 
-mosquitto never sees that file. It gets a ``password_file`` of salted hashes made by
-``mosquitto_passwd -U`` from a plaintext temp file that is hashed in place before it is
-renamed into position, so no plaintext is ever left where mosquitto (or anyone) looks.
+mosquitto never sees that file. Its dynamic-security plugin gets salted hashes
+(``dynsec_hash``: PBKDF2-HMAC-SHA512, as the plugin computes it), and a node added while the
+broker runs is handed to the plugin's control API over the coordinator's own connection.
 
 Adding a node adds its password and keeps every other one; a node that leaves the list loses
 its password (and so its access, at the next reload).
@@ -15,29 +15,33 @@ its password (and so its access, at the next reload).
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import os
 import secrets
 import stat
-import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import MappingProxyType
 
-from ...atomic import atomic_write, fsync_dir
+from ...atomic import atomic_write
 from ..errors import ConfigError, UnknownNode
+from .config import PasswordHash
 
 __all__ = [
     "CREDENTIALS_VERSION",
+    "DYNSEC_ITERATIONS",
+    "dynsec_hash",
     "ensure_credentials",
     "load_credentials",
     "new_password",
     "node_password",
-    "write_password_file",
 ]
 
 CREDENTIALS_VERSION = 1
+DYNSEC_ITERATIONS = 101  # what mosquitto_ctrl and the plugin itself use (each CONNECT pays it)
 
 log = logging.getLogger("scalerunner.coordinator.broker")
 
@@ -104,47 +108,11 @@ def node_password(path: Path, node: str) -> str:
     return password
 
 
-def write_password_file(
-    path: Path, passwords: Mapping[str, str], *, mosquitto_passwd: str = "mosquitto_passwd"
-) -> None:
-    """mosquitto's ``password_file`` for ``passwords``, hashed by ``mosquitto_passwd -U``.
-
-    The plaintext goes to a 0600 temp file beside ``path``, is hashed in place, checked to
-    hold only hashes, and renamed over ``path``; on any failure the temp file is removed.
-    OSError if ``mosquitto_passwd`` is missing or fails.
-    """
-    for user, password in passwords.items():
-        if not user or any(c in user for c in ":\n\r") or any(c in password for c in ":\n\r"):
-            raise ValueError(f"user {user!r}: ':' and line breaks cannot go in a mosquitto password file")
-    tmp = path.with_name(f".{path.name}.plain")
-    tmp.unlink(missing_ok=True)  # a crash between write and hash could have left one
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.writelines(f"{user}:{password}\n" for user, password in passwords.items())
-        done = subprocess.run(
-            [mosquitto_passwd, "-U", str(tmp)],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            text=True,
-            timeout=30,
-            umask=0o077,  # mosquitto_passwd makes a scratch file beside the one it updates
-            check=False,
-        )
-        if done.returncode != 0:
-            detail = (done.stderr or done.stdout).strip()
-            raise OSError(f"{mosquitto_passwd} -U exited with {done.returncode}: {detail}")
-        hashed = tmp.read_text().splitlines()
-        expected = {f"{user}:" for user in passwords}
-        if len(hashed) != len(passwords) or not all(
-            line.split(":", 1)[0] + ":" in expected and line.split(":", 1)[1].startswith("$")
-            for line in hashed
-        ):
-            raise OSError(f"{mosquitto_passwd} -U did not hash every line of {tmp}")
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
+def dynsec_hash(
+    password: str, *, salt: bytes | None = None, iterations: int = DYNSEC_ITERATIONS
+) -> PasswordHash:
+    """``password`` as the dynamic-security plugin checks it: PBKDF2-HMAC-SHA512, 64 bytes, over a
+    random 12-byte salt (the plugin's own length), both base64."""
+    salt = secrets.token_bytes(12) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations, 64)
+    return PasswordHash(base64.b64encode(digest).decode(), base64.b64encode(salt).decode(), iterations)

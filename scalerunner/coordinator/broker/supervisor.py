@@ -2,8 +2,9 @@
 
 ``ManagedBroker`` writes mosquitto's files into ``<state_dir>/broker/``, starts
 ``mosquitto -c mosquitto.conf`` as its child, waits until the port accepts connections,
-restarts it with back-off if it dies, applies node changes by SIGHUP, and on ``stop()``
-terminates and reaps it. ``ExternalBroker`` starts nothing: it says where the broker is and
+restarts it with back-off if it dies, applies node changes through the dynamic-security
+plugin's control API (SIGHUP does not reload the plugin), and on ``stop()`` terminates and
+reaps it. ``ExternalBroker`` starts nothing: it says where the broker is and
 how the coordinator logs in.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import json
 import logging
 import os
 import pwd
@@ -25,29 +27,44 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
+
+import aiomqtt
 
 from ...atomic import atomic_write
 from ..errors import BrokerError, ConfigError, UnknownNode
 from .config import (
     COORDINATOR_USER,
+    DYNSEC_TOPIC,
     BrokerAccess,
     BrokerFiles,
     MosquittoConfig,
     TlsFiles,
     connect_host,
+    dynsec_commands,
     format_endpoint,
-    render_acl,
     render_conf,
+    render_dynsec,
 )
-from .credentials import ensure_credentials, load_credentials, write_password_file
+from .credentials import dynsec_hash, ensure_credentials, load_credentials
 
 __all__ = ["Broker", "ExternalBroker", "ManagedBroker", "restart_delay"]
 
 log = logging.getLogger("scalerunner.coordinator.broker")
 
 CREDENTIALS_FILE = "broker-credentials.json"
-_RELOAD_LINE = b"Reloading config."
+PLUGIN_NAME = "mosquitto_dynamic_security.so"
+# Where Debian (multiarch), other distributions and a source build put the plugin.
+PLUGIN_DIRS = ("/usr/lib/*-linux-gnu", "/usr/lib", "/usr/local/lib")
+
+
+def find_dynsec_plugin(dirs: Iterable[str] = PLUGIN_DIRS) -> Path | None:
+    """mosquitto's dynamic-security plugin (Debian's package ``mosquitto`` ships it)."""
+    for d in dirs:
+        for candidate in sorted(Path("/").glob(f"{d.lstrip('/')}/{PLUGIN_NAME}")):
+            if candidate.is_file():
+                return candidate
+    return None
 
 
 class Broker(Protocol):
@@ -90,7 +107,7 @@ class ManagedBroker:
         tls: TlsFiles | None = None,
         coordinator_user: str = COORDINATOR_USER,
         mosquitto: str = "mosquitto",
-        mosquitto_passwd: str = "mosquitto_passwd",
+        plugin: Path | None = None,
         ready_timeout: float = 5.0,
         reload_timeout: float = 2.0,
         restart_initial: float = 0.25,
@@ -99,6 +116,8 @@ class ManagedBroker:
     ) -> None:
         # mosquitto started as root switches to `user` (default "mosquitto"), which could not
         # read the 0600 files written here; naming our own account keeps it as it is.
+        plugin = plugin if plugin is not None else find_dynsec_plugin()
+        self._plugin_missing = plugin is None
         self._config = MosquittoConfig(
             cluster=cluster,
             host=host,
@@ -107,6 +126,7 @@ class ManagedBroker:
             coordinator_user=coordinator_user,
             tls=tls,
             run_as=pwd.getpwuid(os.geteuid()).pw_name,
+            **({"plugin": plugin} if plugin is not None else {}),
         )
         self.state_dir = state_dir.absolute()
         self.files = BrokerFiles(self.state_dir / "broker")
@@ -115,7 +135,6 @@ class ManagedBroker:
         self._mosquitto = (
             shutil.which(mosquitto) or shutil.which(mosquitto, path="/usr/sbin:/usr/local/sbin") or mosquitto
         )
-        self._mosquitto_passwd = mosquitto_passwd
         self._ready_timeout = ready_timeout
         self._reload_timeout = reload_timeout
         self._restart_initial = restart_initial
@@ -196,6 +215,12 @@ class ManagedBroker:
     async def start(self) -> None:
         if self._watch_task is not None:
             raise BrokerError(self.endpoint, "already started")
+        if self._plugin_missing:
+            raise BrokerError(
+                self.endpoint,
+                f"mosquitto's {PLUGIN_NAME} not found in {', '.join(PLUGIN_DIRS)}"
+                " (Debian's package mosquitto ships it)",
+            )
         self._stopping = False
         self.files.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         await asyncio.to_thread(self._kill_leftover)
@@ -252,8 +277,10 @@ class ManagedBroker:
 
     async def reload(self, nodes: Iterable[str]) -> None:
         """Make ``nodes`` the broker's nodes: new ones get credentials, removed ones lose theirs,
-        the others keep theirs. Rewrites the files and sends SIGHUP (no restart; connected
-        clients stay connected); returns once mosquitto has logged that it reloaded."""
+        the others keep theirs. The files are rewritten (for the next start) and the running
+        mosquitto is told through the dynamic-security plugin's control API, as the coordinator:
+        no restart, connected clients stay connected, a removed node's connection is closed.
+        Returns once the plugin has answered; BrokerError if it refused a command."""
         new = replace(self._config, nodes=tuple(nodes))  # ConfigError before anything changes
         async with self._lock:
             old_nodes = set(self._config.nodes)
@@ -261,44 +288,73 @@ class ManagedBroker:
             if self._watch_task is None:
                 return  # not started: start() writes the files
             await self._write_files()
+            added = [n for n in new.nodes if n not in old_nodes]
+            removed = tuple(sorted(old_nodes - set(new.nodes)))
+            extra = {"endpoint": self.endpoint, "added": added, "removed": list(removed)}
             proc = self._proc
-            extra = {
-                "endpoint": self.endpoint,
-                "added": sorted(set(new.nodes) - old_nodes),
-                "removed": sorted(old_nodes - set(new.nodes)),
-            }
             if proc is None or proc.returncode is not None or not self._ready:
                 log.info("broker files updated; mosquitto is restarting and will read them", extra=extra)
                 return
-            offset = _size(self.files.log)
-            proc.send_signal(signal.SIGHUP)
-            confirmed = await self._wait_for_log(offset, _RELOAD_LINE, self._reload_timeout)
-            if confirmed:
-                log.info("broker reloaded", extra={**extra, "pid": proc.pid})
-            else:
-                log.warning(
-                    "broker sent SIGHUP but did not log a reload",
-                    extra={**extra, "pid": proc.pid, "timeout_s": self._reload_timeout},
-                )
+            if not added and not removed:
+                return
+            commands = dynsec_commands(new, {n: self._passwords[n] for n in added}, removed)
+            await self._control(commands)
+            log.info("broker reloaded", extra={**extra, "pid": proc.pid})
+
+    async def _control(self, commands: list[dict[str, Any]]) -> None:
+        """Send ``commands`` to the plugin's control API and check every answer."""
+        access = self.access()
+        corr = f"scalerunner-{os.getpid()}-{time.monotonic_ns()}"
+        for i, cmd in enumerate(commands):
+            cmd["correlationData"] = f"{corr}-{i}"
+        client = aiomqtt.Client(
+            access.host,
+            access.port,
+            username=access.username,
+            password=access.password,
+            identifier=f"scalerunner-broker-control-{os.getpid()}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            tls_context=access.tls_context(),
+        )
+        answered: dict[str, dict[str, Any]] = {}
+        try:
+            async with asyncio.timeout(self._reload_timeout), client:
+                await client.subscribe(f"{DYNSEC_TOPIC}/response", qos=1)
+                await client.publish(DYNSEC_TOPIC, json.dumps({"commands": commands}), qos=1)
+                async for message in client.messages:
+                    payload = message.payload
+                    raw = payload if isinstance(payload, bytes | bytearray) else str(payload).encode()
+                    for answer in json.loads(raw).get("responses", []):
+                        answered[str(answer.get("correlationData"))] = answer
+                    if all(c["correlationData"] in answered for c in commands):
+                        break
+        except (TimeoutError, aiomqtt.MqttError, ValueError) as exc:
+            raise BrokerError(
+                self.endpoint, f"the dynamic-security control API did not answer: {exc or 'timeout'}"
+            ) from exc
+        refused = [
+            f"{a.get('command')}: {a['error']}"
+            for c in commands
+            if (a := answered[c["correlationData"]]).get("error")
+        ]
+        if refused:
+            raise BrokerError(self.endpoint, "the dynamic-security plugin refused " + "; ".join(refused))
 
     # -- inside ----------------------------------------------------------------------------
 
     async def _write_files(self) -> None:
         cfg = self._config
         passwords = await asyncio.to_thread(ensure_credentials, self.credentials_path, cfg.users)
+        hashes = await asyncio.to_thread(lambda: {user: dynsec_hash(passwords[user]) for user in cfg.users})
         try:
-            await asyncio.to_thread(
-                write_password_file,
-                self.files.password_file,
-                passwords,
-                mosquitto_passwd=self._mosquitto_passwd,
-            )
+            atomic_write(self.files.dynsec, render_dynsec(cfg, hashes).encode(), 0o600)
+            atomic_write(self.files.conf, render_conf(cfg, self.files).encode(), 0o600)
         except OSError as exc:
             raise BrokerError(
-                self.endpoint, f"cannot write the password file {self.files.password_file}: {exc}"
+                self.endpoint, f"cannot write the broker files in {self.files.directory}: {exc}"
             ) from exc
-        atomic_write(self.files.acl, render_acl(cfg).encode(), 0o600)
-        atomic_write(self.files.conf, render_conf(cfg, self.files).encode(), 0o600)
+        for stale in ("passwd", "acl"):  # an older coordinator's password and ACL files
+            (self.files.directory / stale).unlink(missing_ok=True)
         self._passwords = passwords
 
     async def _launch(self) -> None:
@@ -438,15 +494,6 @@ class ManagedBroker:
                     },
                 )
                 break
-
-    async def _wait_for_log(self, offset: int, needle: bytes, timeout: float) -> bool:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while loop.time() < deadline:
-            if needle in _read_from(self.files.log, offset):
-                return True
-            await asyncio.sleep(0.02)
-        return False
 
     def _log_tail(self, offset: int, lines: int = 8) -> str:
         try:
