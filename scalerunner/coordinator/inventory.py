@@ -148,6 +148,7 @@ class PowerConfig(_Table, frozen=True, kw_only=True):
     min_off: Annotated[float, msgspec.Meta(ge=0, le=600)] = 2.0  # a cycled node stays unpowered this long
     off_timeout: Seconds = 10.0  # switched off to "not delivering power"
     on_timeout: Seconds = 15.0  # switched on to "delivering power"
+    retention_days: Annotated[int, msgspec.Meta(ge=1, le=36500)] = 90  # power samples older are pruned
 
 
 class SnmpV2c(_Table, frozen=True, kw_only=True, tag_field="version", tag="2c"):

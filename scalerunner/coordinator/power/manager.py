@@ -62,6 +62,7 @@ class PowerManager:
             min_off=p.min_off, off_timeout=p.off_timeout, on_timeout=p.on_timeout
         )
         self.sample_interval = p.sample_interval if sample_interval is None else sample_interval
+        self.retention_days = p.retention_days
         self.max_gap = 3 * self.sample_interval  # a longer silence is a gap, not a trapezoid
         self.clock = clock
         self._locks: dict[Outlet, asyncio.Lock] = {}
@@ -303,9 +304,14 @@ class PowerManager:
         return integrate([(s.at, s.watts) for s in samples], since, until, self.max_gap)
 
     async def _sample_every(self) -> None:
+        pruned_at = 0.0
         while True:
             try:
                 await self.sample()
+                now = self.clock()
+                if self.store is not None and now - pruned_at >= 3600:
+                    await self.store.prune_power_samples(now - self.retention_days * 86400)
+                    pruned_at = now
             except Exception as exc:  # one failed round must not end sampling
                 log.warning("power sampling failed: %s", exc)
             await asyncio.sleep(self.sample_interval)
