@@ -276,6 +276,23 @@ def test_a_gap_re_request_is_answered_from_the_spool(managed_broker: RunningBrok
     asyncio.run(scenario())
 
 
+def test_after_keep_logs_a_finished_attempt_is_forgotten(
+    managed_broker: RunningBroker, tmp_path: Path
+) -> None:
+    async def scenario() -> None:
+        async with agent_and_peer(managed_broker, tmp_path, "keep_logs = 0") as (_, peer):
+            assert (await peer.run(job("j-keep", "echo once"))).ok
+            await peer.wait(lambda: peer.finished("j-keep"), what="finished")
+            req = job_command("resend_log", ResendLog(job="j-keep", attempt=1, seqs=[0]))
+            deadline = asyncio.get_running_loop().time() + 5
+            while (await peer.send(req)).result["missing"] != [0]:  # pruned within a second or so
+                assert asyncio.get_running_loop().time() < deadline, "the spool was kept"
+                await asyncio.sleep(0.2)
+            assert not (tmp_path / "jobs" / "j-keep-1").exists()
+
+    asyncio.run(scenario())
+
+
 def test_a_broker_restart_mid_job_loses_no_chunk(managed_broker: RunningBroker, tmp_path: Path) -> None:
     script = "i=0; while [ $i -lt 40 ]; do echo line$i; i=$((i+1)); sleep 0.05; done"
 

@@ -526,7 +526,7 @@ class JobExecutor:
 
     async def _prune_loop(self) -> None:
         while True:
-            await asyncio.sleep(min(60.0, self._keep_s / 4))
+            await asyncio.sleep(min(60.0, max(1.0, self._keep_s / 4)))  # keep_logs = 0 must not spin
             self.prune()
 
     def prune(self) -> None:
