@@ -158,10 +158,10 @@ class LedDriver:
                 await task
 
     async def _run(self) -> None:
-        from ..coordinator.serial.led import LedClient  # construct, pyserial: only with an LED
-
         while True:
             try:
+                from ..coordinator.serial.led import LedClient  # construct, pyserial: only with an LED
+
                 async with LedClient(self.port, baud=self.baud, timeout=self.timeout) as led:
                     await self._drive(led)
             except Exception as exc:  # whatever the device does, the agent goes on
