@@ -64,13 +64,14 @@ class Api:
             fail("the coordinator's URL or token is missing", exits.USAGE)
         return cls(url.rstrip("/"), token)
 
-    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+    def call(self, method: str, path: str, *, timeout: float = 30, **kwargs: Any) -> Any:
+        """``timeout``: seconds for the whole answer (a power-cycle of many nodes takes longer)."""
         try:
             resp = httpx.request(
                 method,
                 self.url + path,
                 headers={"Authorization": f"Bearer {self.token}"},
-                timeout=30,
+                timeout=timeout,
                 **kwargs,
             )
         except httpx.HTTPError as exc:

@@ -22,6 +22,9 @@ from .client import Api, token_option, url_option
 _STATE_STYLE = {"on": "green", "off": "dim", "searching": "yellow", "fault": "bold red", "unknown": "red"}
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+# The API answers when every node's action has ended: off, min_off and on timeouts, perhaps
+# after another action on the same outlet. Generous, so the CLI does not give up first.
+ACTION_TIMEOUT = 300.0
 
 
 def _emit_json(obj: Any) -> None:
@@ -85,7 +88,10 @@ def _action(verb: str, help_text: str) -> click.Command:
     @click.option("--json", "as_json", is_flag=True, help="print the documented result objects")
     def run(nodes: tuple[str, ...], reason: str, url: str | None, token: str | None, as_json: bool) -> None:
         data = Api.resolve(url, token).call(
-            "POST", f"/api/v1/power/{verb}", json={"nodes": list(nodes), "reason": reason}
+            "POST",
+            f"/api/v1/power/{verb}",
+            json={"nodes": list(nodes), "reason": reason},
+            timeout=ACTION_TIMEOUT,
         )
         if as_json:
             _emit_json(data)
