@@ -262,10 +262,11 @@ class Bmc:
     def counters(self):
         d = self.link.drops
         drops = " ".join("%s=%d" % (k, d[k]) for k in sorted(d) if d[k])
-        return ("drops: %s; retransmits=%d console_dropped=%d node_dropped=%d to_host=%d to_node=%d"
-                " replies_lost=%d") % (
-            drops or "none", self.link.retransmits, self.console.dropped, self.console.node_dropped,
-            self.console.to_host, self.console.to_node, self.replies_lost)
+        c = self.console
+        return ("drops: %s; retransmits=%d console_dropped=%d node_dropped=%d node_pending=%d to_host=%d"
+                " to_node=%d replies_lost=%d") % (
+            drops or "none", self.link.retransmits, c.dropped, c.node_dropped, c.node_pending(), c.to_host,
+            c.to_node, self.replies_lost)
 
 
 def main():

@@ -295,14 +295,34 @@ def led_state(
 # --- console -------------------------------------------------------------------------------------
 
 ESCAPE = 0x1D  # Ctrl-]
+NODE_BAUD = 115_200  # the node's console UART behind the BMC (bmc/hal_rp2.py)
+
+
+PACE_CHUNK = 256  # piped input goes to the BMC in pieces this big, at the node UART's rate
 
 
 async def _console_session(
-    bmc_client: BmcClient, stdin_fd: int, interactive: bool, linger: float, log: BinaryIO | None
+    bmc_client: BmcClient,
+    stdin_fd: int,
+    interactive: bool,
+    linger: float,
+    log: BinaryIO | None,
+    node_baud: int = 0,
 ) -> None:
     loop = asyncio.get_running_loop()
     out = sys.stdout.buffer
     stdin_done = asyncio.Event()
+    due = loop.time()
+
+    async def paced(data: bytes) -> None:
+        # The BMC holds 4 KiB for a node UART slower than its host line and drops (counting) the rest:
+        # piped input, unlike typing, could outrun it. Never faster than the UART, never in bursts.
+        nonlocal due
+        for off in range(0, len(data), PACE_CHUNK):
+            piece = data[off : off + PACE_CHUNK]
+            await asyncio.sleep(max(0.0, due - loop.time()))
+            await bmc_client.console.write(piece)
+            due = max(due, loop.time()) + len(piece) * 10 / node_baud
 
     async def node_to_user() -> None:
         while True:
@@ -325,7 +345,10 @@ async def _console_session(
                     if data:
                         await bmc_client.console.write(data)
                     return
-                await bmc_client.console.write(data)
+                if not interactive and node_baud:
+                    await paced(data)
+                else:
+                    await bmc_client.console.write(data)
         finally:
             await stream.close()
             os.set_blocking(stdin_fd, True)
@@ -361,6 +384,13 @@ async def _console_session(
     show_default=True,
     help="With piped input: seconds to keep showing output after its end.",
 )
+@click.option(
+    "--node-baud",
+    type=click.IntRange(min=0),
+    default=NODE_BAUD,
+    show_default=True,
+    help="With piped input: send it no faster than the node's UART at this rate (0: as fast as the line).",
+)
 def console(
     node: str | None,
     port: str | None,
@@ -369,6 +399,7 @@ def console(
     timeout: float,
     log_path: str | None,
     linger: float,
+    node_baud: int,
 ) -> None:
     """NODE's serial console through its BMC. On a terminal: raw mode, Ctrl-] leaves. Piped input
     is sent to the node, then output is shown for --linger seconds."""
@@ -383,7 +414,7 @@ def console(
             click.echo(f"console of {where}; Ctrl-] leaves\r", err=True)  # raw: no newline translation
         client = BmcClient(path, baud=baud, timeout=timeout)
         try:
-            asyncio.run(_console_session(client, stdin_fd, interactive, linger, log))
+            asyncio.run(_console_session(client, stdin_fd, interactive, linger, log, node_baud))
         except LinkError as exc:
             if saved is not None:
                 termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
