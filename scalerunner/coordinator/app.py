@@ -20,8 +20,10 @@ from .. import __version__
 from ..atomic import atomic_write
 from .api.app import create_app
 from .broker import ExternalBroker, ManagedBroker, TlsFiles
+from .dashboard import Feed
 from .errors import ConfigError
 from .inventory import Inventory
+from .jobs.api import view as job_view
 from .jobs.manager import JobManager
 from .lifecycle import LifecycleConfig, RequeueJobs
 from .metrics import CoordinatorCollector, render
@@ -134,9 +136,21 @@ class Coordinator:
         self.jobs.api_url = lambda: self.api_url
         self.nodes.jobs = self.jobs
         self.nodes.handle(RequeueJobs, self.jobs.requeue_node)
+        self.dashboard = Feed(
+            self.nodes,
+            {n.name: n.cpus for n in inventory.nodes},
+            power=self.power,
+            jobs=self.jobs,
+            list_jobs=self._job_list,
+        )
         self.link: CoordinatorLink | None = None
         self._server: uvicorn.Server | None = None
         self._stops: list[Callable[[], Awaitable[None]]] = []  # of the parts started, in order
+
+    async def _job_list(self) -> list[dict[str, object]]:
+        """The dashboard's job table: the latest jobs as the jobs API shows them."""
+        jobs = await self.jobs.list_jobs(limit=50)
+        return [job_view(j).model_dump(mode="json", exclude={"spec", "history"}) for j in jobs]
 
     @property
     def api_url(self) -> str:
@@ -188,12 +202,16 @@ class Coordinator:
         self._stops.append(self.jobs.stop)
         await self.link.start()
         self._stops.append(self.link.stop)
+        await self.dashboard.start()
+        self._stops.append(self.dashboard.stop)
         # The socket is bound here, not by uvicorn: a port in use is a ConfigError naming it
         # (uvicorn would log it and raise SystemExit), and port 0 needs no pick-then-bind race.
         sock = bind_api(self.api_host, self.api_port, self.source)
         self.api_port = int(sock.getsockname()[1])
         config = uvicorn.Config(
-            create_app(self.nodes, self.token, jobs=self.jobs, power=self.power_service),
+            create_app(
+                self.nodes, self.token, jobs=self.jobs, power=self.power_service, dashboard=self.dashboard
+            ),
             log_level="warning",
             lifespan="off",
             access_log=False,

@@ -17,6 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from ... import __version__
+from ..dashboard import Feed
+from ..dashboard import install as install_dashboard
 from ..errors import NodeStateError, UnknownNode
 from ..jobs import api as jobs_api
 from ..jobs.manager import JobManager
@@ -30,7 +32,11 @@ _bearer = HTTPBearer(auto_error=False)
 
 
 def create_app(
-    service: NodeService, token: str, jobs: JobManager | None = None, power: PowerApi | None = None
+    service: NodeService,
+    token: str,
+    jobs: JobManager | None = None,
+    power: PowerApi | None = None,
+    dashboard: Feed | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="Scalerunner coordinator",
@@ -126,4 +132,6 @@ def create_app(
         jobs_api.install(app, jobs, Auth)  # /api/v1/jobs/... (coordinator/jobs/api.py)
     if power is not None:
         power_api.install(app, power, Auth)  # /api/v1/power, /api/v1/energy (coordinator/power/api.py)
+    if dashboard is not None:
+        install_dashboard(app, dashboard, Auth)  # /, /dashboard/*, /api/v1/stream (coordinator/dashboard/)
     return app
