@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .manager import PowerManager
 
-__all__ = ["PowerCollector", "render_power"]
+__all__ = ["PowerCollector"]
 
 
 class PowerCollector(Collector):
@@ -40,9 +39,3 @@ class PowerCollector(Collector):
         for cause, n in sorted(p.failures.items()):
             failures.add_metric([cause], float(n))
         yield from (watts, energy, actions, failures)
-
-
-def render_power(power: PowerManager) -> bytes:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(PowerCollector(power))
-    return bytes(generate_latest(registry))
