@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -165,6 +166,18 @@ def test_select_finds_files_and_refuses_escapes_and_symlinks(tmp_path: Path) -> 
     assert "'none/*' matched nothing" in text
 
 
+class NoLink:
+    """A link that is never up: for executor tests that publish nothing."""
+
+    online = False
+
+    async def publish(self, topic: str, payload: bytes, *, qos: int) -> None:
+        raise AssertionError("nothing to publish")
+
+    async def wait_online(self) -> None:
+        await asyncio.Event().wait()
+
+
 # -- config and registry --------------------------------------------------------------------------------
 
 MINIMAL = 'cluster = "lab"\nnode = "n1"\n[broker]\nhost = "h"\npassword = "x"\n'
@@ -201,8 +214,6 @@ def test_the_agent_does_not_load_httpx_until_a_job_has_artifacts() -> None:
 
 
 def test_the_executor_clears_only_stale_attempt_dirs_on_start(tmp_path: Path) -> None:
-    import asyncio
-
     from scalerunner.nodeagent.jobs import JobExecutor
     from scalerunner.nodeagent.runtime.process import ProcessRuntime
 
@@ -210,15 +221,6 @@ def test_the_executor_clears_only_stale_attempt_dirs_on_start(tmp_path: Path) ->
     (jobs / "build-7-3" / "work").mkdir(parents=True)
     (jobs / "keep-me").mkdir()
     (jobs / "notes.txt").write_text("x")
-
-    class NoLink:
-        online = False
-
-        async def publish(self, topic: str, payload: bytes, *, qos: int) -> None:
-            raise AssertionError("nothing to publish")
-
-        async def wait_online(self) -> None:
-            await asyncio.Event().wait()
 
     async def scenario() -> None:
         ex = JobExecutor(
@@ -291,3 +293,33 @@ def test_select_never_hands_out_a_file_outside_or_behind_a_link_and_finds_every_
                 if not p.is_symlink():
                     plain.add(p.relative_to(root).as_posix())
         assert plain <= {a.name for a in sel.artifacts}
+
+
+def test_a_run_the_node_cannot_make_a_directory_for_is_refused_naming_it(tmp_path: Path) -> None:
+    from scalerunner.nodeagent.jobs import JobExecutor
+    from scalerunner.nodeagent.runtime.process import ProcessRuntime
+    from scalerunner.protocol.mqtt import job_command
+
+    jobs = tmp_path / "jobs"
+
+    async def scenario() -> str:
+        ex = JobExecutor(
+            cluster="lab",
+            node="n1",
+            runtime=ProcessRuntime(),
+            work_dir=jobs,
+            capacity=CAP,
+            link=NoLink(),
+            draining=lambda: False,
+        )
+        await ex.start()
+        try:
+            (jobs / "j1-1").write_text("a file where the attempt's directory goes")
+            reply = ex.handle(job_command("run", run()))
+            assert not reply.ok and ex.running() == []
+            return reply.error
+        finally:
+            await ex.stop()
+
+    error = asyncio.run(scenario())
+    assert error.startswith(f"node n1 cannot make {jobs / 'j1-1'}: ")

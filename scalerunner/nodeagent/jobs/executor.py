@@ -293,11 +293,16 @@ class JobExecutor:
             log.warning("run refused: %s", why, extra=self._extra(job=run.job, attempt=run.attempt))
             return Reply(ok=False, error=why)
         adir = self.work_dir / f"{run.job}-{run.attempt}"
-        shutil.rmtree(adir, ignore_errors=True)
-        (adir / "work").mkdir(parents=True)
-        spool = LogSpool(
-            adir / "log.spool", node=self.node, job=run.job, attempt=run.attempt, clock=self._clock
-        )
+        try:
+            shutil.rmtree(adir, ignore_errors=True)
+            (adir / "work").mkdir(parents=True)
+            spool = LogSpool(
+                adir / "log.spool", node=self.node, job=run.job, attempt=run.attempt, clock=self._clock
+            )
+        except OSError as exc:  # a full or read-only disk: refuse, the coordinator places it elsewhere
+            why = f"node {self.node} cannot make {adir}: {exc.strerror or exc}"
+            log.error("run refused: %s", why, extra=self._extra(job=run.job, attempt=run.attempt))
+            return Reply(ok=False, error=why)
         att = Attempt(run=run, dir=adir, spool=spool)
         self._attempts[att.key] = att
         assert self._tg is not None
@@ -386,7 +391,11 @@ class JobExecutor:
             uploaded: list[str] = []
             notes: list[str] = []
             if result is not None and att.cancel_reason is None:
-                uploaded, notes = await self._collect(att)
+                try:
+                    uploaded, notes = await self._collect(att)
+                except Exception as exc:  # unreadable files and the like: said, not fatal
+                    notes = [f"artifacts not collected: {exc}"]
+                    log.exception("artifacts failed", extra=self._extra(**ids))
             await sender  # every chunk acknowledged: log_chunks in finished is final
             beat.cancel()
             status = finished_status(
