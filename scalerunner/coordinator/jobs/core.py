@@ -56,6 +56,7 @@ __all__ = [
     "Scheduler",
     "SchedulerConfig",
     "UnknownJob",
+    "hil_label",
 ]
 
 
@@ -477,10 +478,18 @@ class Scheduler:
         self.changed.add(job.id)
 
 
+def hil_label(board: str) -> str:
+    """The node label saying a node has ``board`` on its HIL bench (docs/bench.md)."""
+    return f"hil:{board}"
+
+
 def _matches(spec: JobSpec, node: NodeSlot) -> bool:
     if spec.arch is not None and spec.arch != node.arch:
         return False
-    return set(spec.labels) <= node.labels
+    wanted = set(spec.labels)
+    if spec.hil is not None:  # a HIL job goes only where its board is
+        wanted.add(hil_label(spec.hil.board))
+    return wanted <= node.labels
 
 
 def fits_somewhere(spec: JobSpec, nodes: Iterable[NodeSlot]) -> bool:
