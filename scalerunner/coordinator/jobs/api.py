@@ -16,6 +16,8 @@ from fastapi.responses import FileResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
+from ..api.errors import errors
+from ..api.models import ErrorBody
 from .core import Job, JobStateError, UnknownJob
 from .manager import ArtifactError, JobManager, artifact_name_problem
 from .spec import JobSpecError, spec_from_mapping
@@ -131,7 +133,7 @@ def install(app: FastAPI, jobs: JobManager, auth: Any) -> None:
 
     router = APIRouter(prefix="/api/v1/jobs")
 
-    @router.post("", dependencies=[auth], status_code=201)
+    @router.post("", dependencies=[auth], status_code=201, responses=errors(422))
     async def submit(spec: dict[str, Any]) -> JobView:
         """Queue a job (the body is a job spec object); answered once it is on disk."""
         return view(await jobs.submit(spec_from_mapping(spec, "request")))
@@ -144,15 +146,15 @@ def install(app: FastAPI, jobs: JobManager, auth: Any) -> None:
         """The latest jobs, newest first; ``state`` (repeatable) narrows them."""
         return [view(j) for j in await jobs.list_jobs(state, limit)]
 
-    @router.get("/{job_id}", dependencies=[auth])
+    @router.get("/{job_id}", dependencies=[auth], responses=errors(404))
     async def get_job(job_id: str) -> JobView:
         return view(await jobs.get(job_id))
 
-    @router.post("/{job_id}/cancel", dependencies=[auth])
+    @router.post("/{job_id}/cancel", dependencies=[auth], responses=errors(404, 409))
     async def cancel(job_id: str, body: CancelRequest | None = None) -> JobView:
         return view(await jobs.cancel(job_id, (body or CancelRequest()).reason))
 
-    @router.get("/{job_id}/log", dependencies=[auth])
+    @router.get("/{job_id}/log", dependencies=[auth], responses=errors(404))
     async def read_log(
         job_id: str,
         attempt: Annotated[int, Query(ge=0)] = 0,
@@ -177,7 +179,7 @@ def install(app: FastAPI, jobs: JobManager, auth: Any) -> None:
             done=done and len(chunks) < limit,
         )
 
-    @router.get("/{job_id}/artifacts", dependencies=[auth])
+    @router.get("/{job_id}/artifacts", dependencies=[auth], responses=errors(404))
     async def list_artifacts(job_id: str) -> list[ArtifactView]:
         await jobs.get(job_id)
         return [
@@ -185,7 +187,7 @@ def install(app: FastAPI, jobs: JobManager, auth: Any) -> None:
             for a in await jobs.store.list_artifacts(job_id)
         ]
 
-    @router.get("/{job_id}/artifacts/{name:path}", dependencies=[auth])
+    @router.get("/{job_id}/artifacts/{name:path}", dependencies=[auth], responses=errors(404))
     async def get_artifact(job_id: str, name: str, attempt: int | None = None) -> FileResponse:
         """One artifact's bytes (of the latest attempt that has it, unless ``attempt`` says)."""
         await jobs.get(job_id)
@@ -202,7 +204,15 @@ def install(app: FastAPI, jobs: JobManager, auth: Any) -> None:
             raise ArtifactError(410, f"artifact {name!r} of job {job_id}: its file {path} is gone")
         return FileResponse(path, filename=name.rsplit("/", 1)[-1], media_type="application/octet-stream")
 
-    @router.put("/{job_id}/attempts/{attempt}/artifacts/{name:path}", status_code=201)
+    @router.put(
+        "/{job_id}/attempts/{attempt}/artifacts/{name:path}",
+        status_code=201,
+        responses={
+            400: {"model": ErrorBody, "description": "the artifact name is not a plain relative path"},
+            401: {"model": ErrorBody, "description": "not the upload token of this attempt"},
+            **errors(404),
+        },
+    )
     async def upload_artifact(
         job_id: str,
         attempt: int,

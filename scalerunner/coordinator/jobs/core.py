@@ -340,8 +340,9 @@ class Scheduler:
         return []
 
     def dispatch_failed(self, job_id: str, attempt: int, node: str, at: float, why: str) -> list[Action]:
-        """The run command was refused or not answered: the attempt is lost (and the node told
-        to drop it, in case the command arrived after all)."""
+        """The node refused the run command: the attempt is lost (and the node told to drop it,
+        should it have it after all). A command not answered is left to the lease instead: the
+        node may be running it, and a next attempt now could run beside it."""
         current = self._current(job_id, attempt, node)
         if current is None:
             return []

@@ -49,6 +49,7 @@ from ...protocol.mqtt import (
 from .. import lifecycle as lc
 from ..health import may_take_work
 from ..inventory import Inventory
+from ..mqttlink import CommandFailed
 from ..store import ArtifactRecord, JobRecord, LogChunkRecord, Store
 from .core import (
     TERMINAL,
@@ -118,7 +119,6 @@ class JobManager:
         *,
         config: SchedulerConfig | None = None,
         clock: Callable[[], float] = time.time,
-        command_timeout: float = 5.0,
     ) -> None:
         self.inventory = inventory
         self.store = store
@@ -126,7 +126,6 @@ class JobManager:
         self.state_dir = state_dir
         self.artifact_dir = state_dir / "artifacts"
         self.clock = clock
-        self.command_timeout = command_timeout
         self.scheduler = Scheduler(config or SchedulerConfig())
         self.send_command: CommandSender | None = None
         self.api_url: Callable[[], str] = lambda: ""
@@ -537,13 +536,19 @@ class JobManager:
             why = "no MQTT link"
         else:
             try:
-                reply = await asyncio.wait_for(
-                    self.send_command(d.node, job_command("run", run)), self.command_timeout + 1
-                )
+                reply = await self.send_command(d.node, job_command("run", run))
                 if not reply.ok:
                     why = f"node {d.node} refused 'run': {reply.error}"
-            except Exception as exc:  # CommandFailed, CommandTimeout, a lost connection
-                why = str(exc) or type(exc).__name__
+            except CommandFailed as exc:
+                why = str(exc)
+            except Exception as exc:  # no answer: the node may have it, so only its lease decides
+                log.warning(
+                    "run command to %s not confirmed (%s); its lease decides",
+                    d.node,
+                    exc,
+                    extra={"job": d.job, "node": d.node},
+                )
+                return
         if why:
             log.warning("dispatch to %s failed: %s", d.node, why, extra={"job": d.job, "node": d.node})
             async with self._lock:
