@@ -153,8 +153,10 @@ def loopback_drives(c: LoopbackCheck) -> list[Drive]:
 
 def _loopback(c: LoopbackCheck, trace: Trace) -> Verdict:
     edges = trace.edges(c.read)
+    driven = trace.edges(c.drive)  # when the back end really set it, if it reports that
     for d in loopback_drives(c):
-        at = d.t + c.max_delay
+        when = next((t for t, v in driven if t >= d.t and v == d.value), d.t) if len(driven) > 1 else d.t
+        at = when + c.max_delay
         seen = level_at(edges, at)
         if seen != d.value:
             shown = "x" if seen is None else seen

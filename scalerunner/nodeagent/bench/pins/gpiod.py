@@ -71,6 +71,9 @@ class GpiodBackend:
         initial = {
             s.name: int(self._requests[s.chip].get_value(s.line) == gpiod.line.Value.ACTIVE) for s in watched
         }
+        for name in {d.signal for d in drives}:  # every observation starts with the inputs low
+            self._requests[sig[name].chip].set_value(sig[name].line, gpiod.line.Value.INACTIVE)
+            initial[name] = 0
         trace = Trace(initial=dict(initial))
         pending = sorted(drives, key=lambda d: d.t)
         t0 = time.monotonic_ns()
@@ -80,16 +83,18 @@ class GpiodBackend:
                 d = pending.pop(0)
                 s = sig[d.signal]
                 self._requests[s.chip].set_value(s.line, gpiod.line.Value(d.value))
+                # when it really happened: the loopback check counts its delay from here
+                trace.changes.append(Change((time.monotonic_ns() - t0) / 1e9, d.signal, d.value))
             if now >= duration:
                 break
             wait = min(duration, pending[0].t if pending else duration) - now
             for chip, req in self._requests.items():
                 if req.wait_edge_events(max(wait, 0) / max(len(self._requests), 1)):
                     for ev in req.read_edge_events():
-                        name = by_line.get((chip, ev.line_offset))
-                        if name in initial:
+                        seen = by_line.get((chip, ev.line_offset))
+                        if seen is not None and seen in initial:
                             up = ev.event_type == ev.Type.RISING_EDGE
-                            trace.changes.append(Change((ev.timestamp_ns - t0) / 1e9, name, int(up)))
+                            trace.changes.append(Change((ev.timestamp_ns - t0) / 1e9, seen, int(up)))
         trace.changes.sort()
         trace.end = duration
         return trace
