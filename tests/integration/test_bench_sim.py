@@ -123,3 +123,25 @@ def test_gpiod_backend_without_a_board_is_a_programming_fault(tmp_path: Path) ->
     assert "board arty_a7_35t: no_cable" in done.stderr
     error = ET.parse(tmp_path / "j.xml").getroot().find("testcase/error")
     assert error is not None and error.attrib["type"] == "no_cable"
+
+
+def test_an_output_stuck_at_x_is_a_failing_design_and_no_sim_table_a_fault(tmp_path: Path) -> None:
+    """A register never initialised stays x in simulation: no edges, the check fails (exit 1)."""
+    design = tmp_path / "stuck.v"
+    design.write_text(
+        "module stuck(input wire clk, output reg led0);\n  always @(posedge clk) led0 <= ~led0;\nendmodule\n"
+    )
+    checks = tmp_path / "checks.toml"
+    checks.write_text(
+        '[sim]\n\n[[checks]]\nname = "blink"\nkind = "frequency"\nsignal = "led0"\nhz = 1e6\ntimeout = 1e-4\n'
+    )
+    args = ["--board", "arty_a7_35t", "--checks", str(checks)]
+    code, _, _, suite = _check(args, design, tmp_path / "a.xml")
+    assert code == 1
+    failure = suite.find("testcase/failure")
+    assert failure is not None
+    assert failure.attrib["message"].endswith("saw 0 change(s) in 100 µs, under 3 periods")
+
+    checks.write_text(checks.read_text().replace("[sim]\n", ""))
+    code, _, err, _ = _check(args, design, tmp_path / "b.xml")
+    assert code == 2 and "board arty_a7_35t: no_sim" in err
