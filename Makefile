@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint bench clean
+.PHONY: setup demo test test-fast lint bench screenshot clean
 
 setup: $(STAMP)
 
@@ -37,6 +37,10 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks
+
+# docs/dashboard.png from the running demo (sim up --detach), else from a 14-node rack it starts
+screenshot: setup
+	$(BIN)/python tools/dashboard_screenshot.py --out docs/dashboard.png
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

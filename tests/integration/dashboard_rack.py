@@ -113,6 +113,12 @@ class DashboardRack:
             node=node, status="online", conn_seq=int(time.time() * 1000), arch="arm64", ts=time.time()
         )
         probe.publish(node_topic(CLUSTER, node, Kind.STATE), encode(state), retain=True)
+        # telemetry before the coordinator took the node online would be judged against "off"
+        deadline = time.monotonic() + 10
+        while self.coordinator.nodes.records[node].state.value not in ("online", "idle", "busy"):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{node} not online within 10 s")
+            time.sleep(0.02)
 
     def telemetry(self, node: str, load1: float, temp_c: float | None) -> None:
         tele = Telemetry(
@@ -125,6 +131,11 @@ class DashboardRack:
             temp_c=temp_c,
         )
         self._probes[node].publish(node_topic(CLUSTER, node, Kind.TELEMETRY), encode(tele))
+
+    def draw(self, node: str, fraction: float) -> None:
+        """The switch port of ``node`` draws idle + ``fraction`` of the rest of its class (a busy node)."""
+        port = self.names.index(node) + 1
+        self._loop.call_soon_threadsafe(self.switch.set_load, port, fraction)
 
     def close(self) -> None:
         for probe in self._probes.values():

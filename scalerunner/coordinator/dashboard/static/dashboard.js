@@ -171,7 +171,7 @@ function fillTile(tile, n) {
   const health = tile.querySelector(".health");
   health.textContent = n.health;
   health.className = `health h-${n.health}`;
-  health.title = n.health_reason || "";
+  health.title = n.health_reason ? `${n.health}: ${n.health_reason}` : n.health;
   tile.querySelector(".watts").textContent = fmt(n.watts, 1, "W");
   const t = n.telemetry;
   tile.querySelector(".load").textContent = t ? t.load1.toFixed(2) : "–";
@@ -224,7 +224,10 @@ async function act(name, what) {
 // -- charts: inline SVG polylines --
 
 function chart(svg, key, digits) {
-  const W = 400, H = 120, L = 36, B = 14;
+  // The viewBox follows the drawn width, so the line spans the panel and the text is not stretched.
+  const W = Math.max(200, Math.round(svg.clientWidth * (120 / Math.max(svg.clientHeight, 1))) || 400);
+  const H = 120, L = 36, B = 14;
+  svg.setAttribute("viewBox", `0 0 ${W} ${H}`);
   svg.replaceChildren();
   const ns = "http://www.w3.org/2000/svg";
   const text = (x, y, s, anchor = "end") => {
@@ -252,6 +255,8 @@ function chart(svg, key, digits) {
   svg.dataset.points = String(power.length);
   svg.dataset.last = String(power[power.length - 1][key]);
 }
+
+addEventListener("resize", () => drawCharts());
 
 function drawCharts() {
   chart($("#chart-power"), "watts", 0);
