@@ -92,3 +92,21 @@ def test_check_against_names_a_missing_signal_and_a_wrong_direction(tmp_path: Pa
         BenchConfigError, match="signal 'loop_out' of board arty_a7_35t is 'out', this check needs 'in'"
     ):
         check_against(cf, board)
+
+
+def test_a_json_checks_file_is_the_same_schema(tmp_path: Path) -> None:
+    """A job's spec carries its checks as tables (``hil.checks``); written as JSON they load alike."""
+    import json
+
+    tables = [{"name": "u", "kind": "uart", "signal": "uart_tx", "baud": 9600, "expect": "hi", "timeout": 1}]
+    path = tmp_path / "checks.json"
+    path.write_text(json.dumps({"checks": tables}))
+    (check,) = load_checks(path).checks
+    assert isinstance(check, UartCheck) and check.expect == "hi"
+    path.write_text(json.dumps({"checks": [{**tables[0], "baud": 1}]}))
+    with pytest.raises(BenchConfigError) as err:
+        load_checks(path)
+    assert err.value.key == "checks[0].baud" and "Expected `float` >= 50" in err.value.detail
+    path.write_text("{")
+    with pytest.raises(BenchConfigError, match=r"checks\.json: not valid JSON"):
+        load_checks(path)

@@ -6,6 +6,7 @@ what the CLI turns into exit code 2, so CI can tell a broken design from a broke
 
 from __future__ import annotations
 
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -56,13 +57,18 @@ def _dotted(path: str, extra: str = "") -> str:
 
 
 def decode_toml(path: Path, kind: type[T]) -> T:
-    """Read ``path`` as TOML into the msgspec type ``kind``; every error names the file and key."""
+    """Read ``path`` as TOML (or JSON, for a ``.json`` file: what a job writes from its spec's
+    ``hil.checks``) into the msgspec type ``kind``; every error names the file and key."""
     try:
-        data: dict[str, Any] = tomllib.loads(path.read_text())
+        text = path.read_text()
     except OSError as exc:
         raise BenchConfigError(path, "", f"cannot read: {exc.strerror or exc}") from exc
+    try:
+        data: Any = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise BenchConfigError(path, "", f"not valid TOML: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise BenchConfigError(path, "", f"not valid JSON: {exc}") from exc
     try:
         return msgspec.convert(data, kind)
     except msgspec.ValidationError as exc:
