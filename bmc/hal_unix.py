@@ -7,7 +7,8 @@
 # in-memory one. Pins drive sim.Board, whose I2C registers follow the rail.
 # name=value settings: power.Config fields (min_off_ms=300), status_ms (send STATUS
 # unreliably every so often), node_baud (the in-memory UART transmits at that rate,
-# as machine.UART does; 0: at once) and the board's rail_mv / load_ma / temp_dc
+# as machine.UART does; 0: at once), rto_max (the link's retransmission ceiling,
+# ms) and the board's rail_mv / load_ma / temp_dc
 # (rail_mv=3000 gives a rail that never comes good).
 
 import os
@@ -76,6 +77,8 @@ class Hal:
         self.board = sim.Board(**{k: settings.pop(k) for k in _BOARD_KEYS if k in settings})
         self.i2c = self.board.i2c
         self.status_ms = settings.pop("status_ms", 0)  # unsolicited STATUS period (0: only on request)
+        # srplink.Link's retransmission ceiling (ms): a test may let the link give its peer up sooner
+        self.link_config = {"rto_max": settings.pop("rto_max")} if "rto_max" in settings else {}
         self.power_config = settings  # the rest: power.Config keywords
         self._now = 0
 

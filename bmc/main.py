@@ -34,6 +34,7 @@ EV_CONSOLE_DROP = const(0x0120)
 EV_CONSOLE_CLOSED = const(0x0121)
 EV_SENSOR = const(0x0122)
 EV_CONSOLE_NODE_DROP = const(0x0123)
+EV_CONSOLE_UNACKED = const(0x0124)
 EV_LINK_DROPS = const(0x0200)
 
 _CONTROL_MS = const(10)
@@ -64,10 +65,12 @@ class Bmc:
         self.rail_mv = 0
         self._sensor_ok = True
         self._drops_reported = 0
+        self._console_lost = 0
         self._drops_at = 0
         self._status_at = 0
         self.running = True
-        self.link = srplink.Link(hal.link_stream, on_message=self.on_message, name="host")
+        self.link = srplink.Link(hal.link_stream, on_message=self.on_message, name="host",
+                                 **getattr(hal, "link_config", {}))
         self.hello = (_KIND_BMC, _PROTO) + FW + (hal.uid(),)
         self.link.send(T["HELLO"], self.hello)
         self.console = console.ConsoleBridge(hal.uart, self._send_console)
@@ -221,6 +224,11 @@ class Bmc:
     async def control_task(self):
         while self.running:
             self.power_step()
+            n = self.link.console_lost - self._console_lost
+            if n:  # the link gave the host up with console data unacknowledged: it may or may not arrive
+                self._console_lost += n
+                self.event(power.WARNING, EV_CONSOLE_UNACKED,
+                           "host given up with %d console bytes unacknowledged (total %d)" % (n, self._console_lost))
             n = self.console.take_drops()
             if n:
                 self.event(power.WARNING, EV_CONSOLE_DROP,
@@ -263,10 +271,10 @@ class Bmc:
         d = self.link.drops
         drops = " ".join("%s=%d" % (k, d[k]) for k in sorted(d) if d[k])
         c = self.console
-        return ("drops: %s; retransmits=%d console_dropped=%d node_dropped=%d node_pending=%d to_host=%d"
-                " to_node=%d replies_lost=%d") % (
-            drops or "none", self.link.retransmits, c.dropped, c.node_dropped, c.node_pending(), c.to_host,
-            c.to_node, self.replies_lost)
+        return ("drops: %s; retransmits=%d peer_lost=%d console_dropped=%d console_unacked=%d node_dropped=%d"
+                " node_pending=%d to_host=%d to_node=%d replies_lost=%d") % (
+            drops or "none", self.link.retransmits, self.link.peer_lost, c.dropped, self.link.console_lost,
+            c.node_dropped, c.node_pending(), c.to_host, c.to_node, self.replies_lost)
 
 
 def main():

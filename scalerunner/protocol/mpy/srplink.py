@@ -38,7 +38,8 @@ class Link:
     Delivered messages go to on_message(type_id, fields) or, without a callback,
     into `inbox` as (type_id, fields); during the callback `rx_seq` is the
     message's seq (0 if unreliable), e.g. for an ERROR's ref_seq. on_lost(name)
-    is called when the peer stops acknowledging (the window is then emptied).
+    is called when the peer stops acknowledging (the window is then emptied; the
+    CONSOLE_DATA bytes in it are added to console_lost).
     Times are in ms.
     """
 
@@ -60,6 +61,7 @@ class Link:
         for reason in ("unsynced", "duplicate", "out_of_order"):
             self.drops[reason] = 0
         self.peer_lost = 0
+        self.console_lost = 0  # CONSOLE_DATA payload bytes given up with the peer
         self.retransmits = 0
         # Sender: a ring of W packed bodies, allocated once.
         self.W = window
@@ -279,6 +281,10 @@ class Link:
     def _peer_gone(self):
         # Every message in the window is lost; the next one opens a new session.
         self.peer_lost += 1
+        for k in range(self._count):  # console bytes among them, for the owner's loss count
+            i = (self._head + k) % self.W
+            if self._type[i] == _T_CONSOLE:
+                self.console_lost += self._len[i] - 1  # less the port byte
         self._count = 0
         self._retries = 0
         self.synced = False
