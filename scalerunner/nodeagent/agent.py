@@ -44,12 +44,10 @@ from ..protocol.mqtt import (
     node_topic,
 )
 from .config import AgentConfig
-from .images import ImageStore
-from .jobs import JobExecutor, LinkDown
-from .runtime import make_runtime
 from .telemetry import ProcReader, Sampler, normalise_arch
 
 if TYPE_CHECKING:
+    from .jobs import JobExecutor
     from .led import LedDriver
 
 log = logging.getLogger("scalerunner.nodeagent.agent")
@@ -238,7 +236,8 @@ class Agent:
         self._runner: asyncio.Task[None] | None = None
         self._tg: asyncio.TaskGroup | None = None
         self.led: LedDriver | None = None  # with led_serial: the LED indicator's driver
-        self.jobs: JobExecutor | None = None  # runs the coordinator's jobs (nodeagent/jobs)
+        self.jobs: JobExecutor | None = None  # runs the coordinator's jobs; made by the first job command
+        self._capacity: Capacity | None = None
         self.connects = 0
         self.telemetry_sent = 0
         self.telemetry_dropped = 0
@@ -278,20 +277,7 @@ class Agent:
                 " connecting with the user name only",
                 extra=self._extra(user=c.username),
             )
-        if self.jobs is None:
-            self.jobs = JobExecutor(
-                cluster=c.cluster,
-                node=c.node,
-                runtime=make_runtime(c.job_runtime),
-                work_dir=c.job_dir or c.state_dir / "jobs",
-                capacity=capacity,
-                link=_JobLink(self),
-                draining=lambda: self.control.draining,
-                images=ImageStore(c.image_dir or c.state_dir / "images", insecure=c.insecure_registries),
-                clock=self._clock,
-                keep_s=c.job_keep_logs,
-            )
-            await self.jobs.start()
+        self._capacity = capacity
         self._stopping = False
         self._runner = asyncio.create_task(self._run(), name=f"agent-{c.node}")
 
@@ -422,10 +408,7 @@ class Agent:
         if d.action is Action.REBOOT:
             reply = await self._start_reboot()
         elif d.action is Action.JOB:
-            if self.jobs is None:
-                reply = Reply(ok=False, error=f"node {self.config.node}: the job executor is not running")
-            else:
-                reply = self.jobs.handle(decode(data, Command))
+            reply = (await self._job_executor()).handle(decode(data, Command))
         elif d.action is Action.IDENTIFY:
             until = self.control.identify_until
             if self.led is not None and until is not None:
@@ -452,6 +435,31 @@ class Agent:
             await client.publish(response_topic, encode(reply), qos=1, properties=props_out)
         except ValueError as exc:  # a response topic with wildcards: paho refuses it
             control_log.warning("cannot reply to %r: %s", response_topic, exc, extra=self._extra(cmd=d.cmd))
+
+    async def _job_executor(self) -> JobExecutor:
+        """The job executor, made and started on the first job command: the jobs code costs the
+        agent about 1.5 MB of its 30 MB budget, which a node that never runs a job does not pay."""
+        if self.jobs is None:
+            from .images import ImageStore
+            from .jobs import JobExecutor
+            from .runtime import make_runtime
+
+            c = self.config
+            jobs = JobExecutor(
+                cluster=c.cluster,
+                node=c.node,
+                runtime=make_runtime(c.job_runtime),
+                work_dir=c.job_dir or c.state_dir / "jobs",
+                capacity=self._capacity,
+                link=_JobLink(self),
+                draining=lambda: self.control.draining,
+                images=ImageStore(c.image_dir or c.state_dir / "images", insecure=c.insecure_registries),
+                clock=self._clock,
+                keep_s=c.job_keep_logs,
+            )
+            await jobs.start()
+            self.jobs = jobs
+        return self.jobs
 
     async def _start_reboot(self) -> Reply:
         argv = self.config.reboot_command
@@ -530,6 +538,8 @@ class _JobLink:
         await self._agent._online.wait()
 
     async def publish(self, topic: str, payload: bytes, *, qos: int) -> None:
+        from .jobs import LinkDown  # loaded already: only the executor calls this
+
         client = self._agent._client
         if client is None or not self._agent.online:
             raise LinkDown("not connected")
