@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint bench screenshot clean
+.PHONY: setup demo demo-serial demo-control-plane test test-fast lint bench screenshot clean
 
 setup: $(STAMP)
 
@@ -18,8 +18,27 @@ $(STAMP): pyproject.toml tools/apt-packages.txt tools/setup-apt.sh tools/setup-s
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $(STAMP)
 
+# A 14-node simulated rack (one row) left running in .scalerunner-sim/, a mix of jobs on it, the
+# nodes and jobs as the CLI shows them, and the dashboard's address. `scalerunner sim down` stops it;
+# a demo already running is replaced. (The earlier demos: make demo-serial, make demo-control-plane.)
+DEMO_JOB := $(BIN)/scalerunner jobs submit --label sim
 demo: setup
+	@$(BIN)/scalerunner sim down >/dev/null 2>&1 || true
+	$(BIN)/scalerunner sim up --nodes 14 --detach
+	$(DEMO_JOB) --name hello -- sh -c 'echo "hello from $$(hostname) ($$(uname -m))"'
+	$(DEMO_JOB) --name burn-cpu --timeout 2m -- sh -c 'i=0; while [ $$i -lt 2000000 ]; do i=$$((i+1)); done; echo counted to $$i'
+	$(DEMO_JOB) --name long-sleep --timeout 10m -- sleep 300
+	$(DEMO_JOB) --name ticker --timeout 10m -- sh -c 'for i in $$(seq 120); do echo tick $$i; sleep 2; done'
+	$(DEMO_JOB) --name fails --retries 1 -- sh -c 'echo about to fail >&2; exit 3'
+	@sleep 8
+	$(BIN)/scalerunner nodes ls
+	$(BIN)/scalerunner jobs ls
+	$(BIN)/scalerunner sim status --brief
+
+demo-serial: setup
 	$(BIN)/scalerunner demo serial
+
+demo-control-plane: setup
 	$(BIN)/scalerunner demo control-plane --nodes 4
 
 lint: setup

@@ -182,6 +182,11 @@ class _Bars:
         self.progress.update(self.online, completed=s.get("online", 0))
 
 
+def _down_cmd(root: Path) -> str:
+    default = root.resolve() == DEFAULT_DIR.resolve()
+    return "scalerunner sim down" if default else f"scalerunner sim down --dir {root}"
+
+
 def _summary(console: Console, s: dict[str, Any], root: Path, detached: bool) -> None:
     table = Table(title=f"simulated rack in {root}")
     for col in ("node", "row/pos", "switch port", "state", "W", "BMC pty", "LED pty"):
@@ -204,7 +209,7 @@ def _summary(console: Console, s: dict[str, Any], root: Path, detached: bool) ->
         f"(e.g. `scalerunner nodes ls`)"
     )
     if detached:
-        console.print(f"stop it with: [bold]scalerunner sim down --dir {root}[/bold]")
+        console.print(f"stop it with: [bold]{_down_cmd(root)}[/bold]")
     else:
         console.print("Ctrl-C stops it")
 
@@ -411,7 +416,8 @@ def _forget_endpoint(root: Path) -> None:
 @sim.command("status")
 @_dir_option
 @click.option("--json", "as_json", is_flag=True, help="print status.json as the supervisor wrote it")
-def sim_status(root: Path, as_json: bool) -> None:
+@click.option("--brief", is_flag=True, help="one line each: counts, the dashboard, how to stop it")
+def sim_status(root: Path, as_json: bool, brief: bool) -> None:
     """Whether a rack runs in DIR, and its nodes (exit 1 if none runs)."""
     from ..sim.supervisor import read_status, running
 
@@ -428,4 +434,8 @@ def sim_status(root: Path, as_json: bool) -> None:
         f"rack in {root}: supervisor pid {found[0]}, {snap['online']}/{snap['total']} online, "
         f"{snap['powered']} powered, phase {snap['phase']}"
     )
+    if brief:
+        console.print(f"[bold]dashboard: {snap['api']}/[/bold]")
+        console.print(f"stop it with: [bold]{_down_cmd(root)}[/bold]")
+        return
     _summary(console, snap, root.resolve(), detached=True)
