@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -88,10 +89,12 @@ def test_bench_faults_exit_2_and_are_junit_errors(tmp_path: Path) -> None:
     assert code == 2 and "board nosuch: board_missing" in err
     assert suite.attrib["errors"] == "1" and suite.find("testcase/error") is not None
 
+    before = set(Path(tempfile.gettempdir()).glob("scalerunner-sim-*"))
     broken = tmp_path / "counter.v"
     broken.write_text(design.read_text().replace("endmodule", ""))
     code, _, err, suite = _check(COUNTER, broken, tmp_path / "b.xml")
     assert code == 2 and "sim_build" in err
+    assert set(Path(tempfile.gettempdir()).glob("scalerunner-sim-*")) <= before  # nothing left behind
     error = suite.find("testcase/error")
     assert error is not None and error.attrib["type"] == "sim_build"
 

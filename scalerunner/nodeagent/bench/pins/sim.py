@@ -133,8 +133,10 @@ class SimBackend:
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=self._wall, check=False)
         except (OSError, subprocess.TimeoutExpired) as exc:
+            self.stop()
             raise BenchFault(self._board, "sim_build", f"iverilog: {exc}") from exc
         if done.returncode != 0:
+            self.stop()  # a failed start leaves nothing behind: the caller only stops what started
             raise BenchFault(self._board, "sim_build", f"iverilog of {design}: {done.stderr.strip()[-2000:]}")
 
     def stop(self) -> None:
