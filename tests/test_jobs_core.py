@@ -315,3 +315,16 @@ SchedulerMachine.TestCase.settings = settings(
     max_examples=150, stateful_step_count=40, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 test_scheduler_invariants = SchedulerMachine.TestCase
+
+
+def test_a_health_check_runs_only_on_its_node_even_before_the_node_is_good() -> None:
+    s = Scheduler()
+    s.submit("work", spec(), 0.0)
+    s.submit("check", spec(), 0.0, pin="b", check=True)
+    unproven = [
+        NodeSlot("a", "amd64", frozenset(), 4, 4096, available=False, connected=True),
+        NodeSlot("b", "amd64", frozenset(), 4, 4096, available=False, connected=True),
+    ]
+    placed = dispatches(s.schedule(unproven, 1.0))
+    assert [(d.job, d.node) for d in placed] == [("check", "b")]  # ordinary work waits for good health
+    assert s.get("work").state is JobState.QUEUED

@@ -31,6 +31,10 @@ from scalerunner.protocol.mqtt import (
 INVENTORY = """
 [cluster]
 name = "lab"
+[[health_checks]]
+arch = "amd64"
+script = "selftest"
+
 [[nodes]]
 name = "n1"
 mac = "02:00:00:00:00:01"
@@ -231,3 +235,30 @@ def test_a_restarted_manager_keeps_queued_and_running_jobs(tmp_path: Path) -> No
         assert (await jobs.get(ids[0])).spec.name == "keep me"
 
     run(second, tmp_path)
+
+
+def test_a_health_check_runs_on_its_unproven_node_and_a_failure_reports_the_logs_tail(tmp_path: Path) -> None:
+    async def body(jobs: JobManager, node: Node, records: dict[str, lc.NodeRecord]) -> None:
+        records["n1"] = up("n1", Health.UNKNOWN)
+        reports: list[tuple[str, bool, str]] = []
+
+        async def report(name: str, passed: bool, ref: str) -> None:
+            reports.append((name, passed, ref))
+
+        jobs.report_check = report
+        ordinary = await jobs.submit(spec_from_mapping({"script": "true"}))
+        await jobs.run_health_check(lc.RunHealthCheck("n1", "no health check has run yet"))
+        await jobs.run_health_check(lc.RunHealthCheck("n1", "asked twice"))  # one check at a time
+        ((where, run),) = await until(node.runs)
+        assert (where, run.argv, run.script) == ("n1", None, "selftest")
+        assert run.job != ordinary.id  # ordinary work waits for good health
+        await jobs.on_status(status(run.job, "started"))
+        await jobs.on_log(chunk(run.job, 0, "disk /dev/sda: I/O error\n"))
+        await jobs.on_status(status(run.job, "finished", chunks=1, end="exited", exit_code=1))
+        ((name, passed, ref),) = await until(lambda: reports)
+        assert (name, passed) == ("n1", False)
+        assert run.job in ref and "I/O error" in ref
+        with pytest.raises(LookupError, match="no \\[\\[health_checks\\]\\] entry fits node n2"):
+            await jobs.run_health_check(lc.RunHealthCheck("n2", "unknown"))
+
+    run(body, tmp_path)

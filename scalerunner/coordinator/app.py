@@ -24,8 +24,9 @@ from .dashboard import Feed
 from .errors import ConfigError
 from .inventory import Inventory
 from .jobs.api import view as job_view
+from .jobs.core import SchedulerConfig
 from .jobs.manager import JobManager
-from .lifecycle import LifecycleConfig, RequeueJobs
+from .lifecycle import LifecycleConfig, RequeueJobs, RunHealthCheck
 from .metrics import CoordinatorCollector, render
 from .mqttlink import CoordinatorLink, MqttSettings
 from .nodes import NodeManager
@@ -132,10 +133,18 @@ class Coordinator:
         self.power_service = PowerService(self.nodes, self.power)
         self.power_service.attach()
         self.nodes.power = self.power
-        self.jobs = JobManager(inventory, self.store, lambda: self.nodes.records, state_dir)
+        self.jobs = JobManager(
+            inventory,
+            self.store,
+            lambda: self.nodes.records,
+            state_dir,
+            config=SchedulerConfig(lease_s=inventory.jobs.lease),
+        )
         self.jobs.api_url = lambda: self.api_url
         self.nodes.jobs = self.jobs
         self.nodes.handle(RequeueJobs, self.jobs.requeue_node)
+        self.nodes.handle(RunHealthCheck, self.jobs.run_health_check)
+        self.jobs.report_check = self.nodes.check_result
         self.dashboard = Feed(
             self.nodes,
             {n.name: n.cpus for n in inventory.nodes},

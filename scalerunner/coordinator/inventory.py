@@ -203,6 +203,27 @@ class Node(_Table, frozen=True, kw_only=True):
     memory_mb: Positive | None = None
 
 
+class JobsConfig(_Table, frozen=True, kw_only=True):
+    lease: Annotated[float, msgspec.Meta(ge=3, le=3600)] = 30.0  # s without a heartbeat: the attempt is lost
+
+
+class HealthCheck(_Table, frozen=True, kw_only=True):
+    """A job that proves a node of a type (arch, labels) healthy: run on a node whose health is
+    unknown, and again every ``every_hours`` hours or ``every_jobs`` jobs (0: not by count)."""
+
+    arch: Arch | None = None
+    labels: tuple[Label, ...] = ()
+    command: tuple[str, ...] | None = None
+    script: NonEmpty | None = None
+    image: str = ""
+    timeout: Seconds = 300.0
+    every_hours: Annotated[float, msgspec.Meta(gt=0, le=8760)] = 24.0
+    every_jobs: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+    def matches(self, node: Node) -> bool:
+        return (self.arch is None or self.arch == node.arch) and set(self.labels) <= set(node.labels)
+
+
 class Inventory(_Table, frozen=True, kw_only=True):
     cluster: ClusterConfig
     broker: BrokerConfig = BrokerConfig()
@@ -212,6 +233,12 @@ class Inventory(_Table, frozen=True, kw_only=True):
     power: PowerConfig = PowerConfig()
     switches: tuple[Switch, ...] = ()
     nodes: tuple[Node, ...] = ()
+    jobs: JobsConfig = JobsConfig()
+    health_checks: tuple[HealthCheck, ...] = ()
+
+    def health_check(self, node: Node) -> HealthCheck | None:
+        """The first health check whose arch and labels fit ``node``, if any."""
+        return next((c for c in self.health_checks if c.matches(node)), None)
 
     def node(self, name: str) -> Node:
         """The node called ``name``; UnknownNode if there is none."""
@@ -490,7 +517,16 @@ class _Checker:
             api=self.api(inv.api),
             switches=self.switches(inv.switches),
             nodes=self.nodes(inv.nodes, inv.switches),
+            health_checks=self.health_checks(inv.health_checks),
         )
+
+    def health_checks(self, checks: tuple[HealthCheck, ...]) -> tuple[HealthCheck, ...]:
+        for i, check in enumerate(checks):
+            if (check.command is None) == (check.script is None):
+                raise self.fail(f"health_checks[{i}].command", "give exactly one of command and script")
+            if check.command is not None and not check.command:
+                raise self.fail(f"health_checks[{i}].command", "must not be empty")
+        return checks
 
     def file(self, key: str, value: str | None) -> str | None:
         if value is None:

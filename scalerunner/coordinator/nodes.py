@@ -377,6 +377,11 @@ class NodeManager:
         await self._step(name, lc.SetHealth(at=self.clock(), health=Health(health), reason=reason))
         return self.view(name)
 
+    async def check_result(self, name: str, passed: bool, log_ref: str) -> None:
+        """A health check job ended (the jobs part reports it): pass -> good, fail -> bad."""
+        self._record(name)
+        await self._step(name, lc.HealthCheckResult(at=self.clock(), passed=passed, log_ref=log_ref))
+
     async def events(self, node: str | None, after_id: int | None, limit: int) -> list[EventView]:
         if node is not None:
             self._record(node)

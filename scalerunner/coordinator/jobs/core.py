@@ -130,6 +130,8 @@ class Job(msgspec.Struct, frozen=True, kw_only=True):
     attempts: tuple[Attempt, ...] = ()
     exit_code: int | None = None
     cancel_reason: str | None = None
+    pin: str | None = None  # runs on this node only (a health check)
+    check: bool = False  # a health check: may run on a connected node whose health is not good yet
     history: tuple[tuple[float, str, str], ...] = ()  # (at, state entered, reason), oldest first
 
     @property
@@ -183,7 +185,8 @@ Action = Dispatch | CancelAttempt
 @dataclass(frozen=True, slots=True)
 class NodeSlot:
     """What the scheduler needs of a node, given fresh at every ``schedule``. ``available``: its
-    agent is connected, it is not draining and its health is good (the lifecycle decides)."""
+    agent is connected, it is not draining and its health is good (the lifecycle decides): it
+    takes work. ``connected`` without ``available``: it takes only the health check pinned to it."""
 
     name: str
     arch: str
@@ -191,6 +194,7 @@ class NodeSlot:
     cpus: float
     memory_mb: int
     available: bool = True
+    connected: bool = False  # its agent is connected and it is not draining (health aside): checks run
 
 
 @dataclass(frozen=True, slots=True)
@@ -247,11 +251,19 @@ class Scheduler:
 
     # -- events ---------------------------------------------------------------------------------
 
-    def submit(self, job_id: str, spec: JobSpec, at: float) -> Job:
+    def submit(
+        self, job_id: str, spec: JobSpec, at: float, *, pin: str | None = None, check: bool = False
+    ) -> Job:
         if job_id in self.jobs:
             raise ValueError(f"job {job_id} exists already")
         job = Job(
-            id=job_id, spec=spec, submitted_at=at, updated_at=at, history=((at, "queued", "submitted"),)
+            id=job_id,
+            spec=spec,
+            submitted_at=at,
+            updated_at=at,
+            pin=pin,
+            check=check,
+            history=((at, "queued", "submitted"),),
         )
         self.jobs[job_id] = job
         self.changed.add(job_id)
@@ -393,7 +405,7 @@ class Scheduler:
 
     def schedule(self, nodes: Sequence[NodeSlot], at: float) -> list[Action]:
         """Hand queued jobs to nodes that can take them now."""
-        free = {n.name: [n.cpus, n.memory_mb] for n in nodes if n.available}
+        free = {n.name: [n.cpus, n.memory_mb] for n in nodes if n.available or n.connected}
         in_flight: Counter[str] = Counter()
         by_project: Counter[str] = Counter()
         for job in self.jobs.values():
@@ -405,7 +417,7 @@ class Scheduler:
             if a.node in free:
                 free[a.node][0] -= job.spec.cpus
                 free[a.node][1] -= job.spec.memory
-        slots = {n.name: n for n in nodes if n.available}
+        slots = {n.name: n for n in nodes if n.available or n.connected}
         actions: list[Action] = []
         waiting = self.queued()
         while waiting and len(actions) < self.config.max_dispatch:
@@ -414,7 +426,9 @@ class Scheduler:
             fits = [
                 s
                 for s in slots.values()
-                if _matches(job.spec, s)
+                if (s.available or (job.check and s.connected))
+                and (job.pin is None or job.pin == s.name)
+                and _matches(job.spec, s)
                 and free[s.name][0] >= job.spec.cpus - 1e-9
                 and free[s.name][1] >= job.spec.memory
             ]

@@ -47,13 +47,14 @@ from ...protocol.mqtt import (
     job_command,
 )
 from .. import lifecycle as lc
-from ..health import may_take_work
+from ..health import Health, may_take_work
 from ..inventory import Inventory
 from ..mqttlink import CommandFailed
 from ..store import ArtifactRecord, JobRecord, LogChunkRecord, Store
 from .core import (
     TERMINAL,
     Action,
+    AttemptState,
     CancelAttempt,
     Dispatch,
     Job,
@@ -140,6 +141,10 @@ class JobManager:
         self._audit_task: asyncio.Task[None] | None = None
         self._audits: dict[tuple[str, int], _LogAudit] = {}
         self._stopping = False
+        # health checks: report a check job's result to the lifecycle (set by the coordinator)
+        self.report_check: Callable[[str, bool, str], Awaitable[None]] | None = None
+        self._checked_at: dict[str, float] = {}  # node -> when its last check was asked for
+        self._jobs_since: dict[str, int] = {}  # node -> jobs started since its last check
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -311,6 +316,86 @@ class JobManager:
             await self._persist()
         self._wake.set()
 
+    async def run_health_check(self, action: lc.RunHealthCheck) -> None:
+        """lc.RunHealthCheck: queue the node type's health check, pinned to the node."""
+        node = self.inventory.node(action.node)
+        check = self.inventory.health_check(node)
+        if check is None:
+            raise LookupError(
+                f"no [[health_checks]] entry fits node {node.name} ({node.arch}, labels {list(node.labels)})"
+            )
+        await self._submit_check(node.name, action.reason)
+
+    async def _submit_check(self, node: str, reason: str) -> Job | None:
+        check = self.inventory.health_check(self.inventory.node(node))
+        if check is None:
+            return None
+        if any(j.check and j.pin == node for j in self.scheduler.jobs.values() if j.state not in TERMINAL):
+            return None  # one is queued or running already
+        spec = JobSpec(
+            name=f"health check of {node}",
+            image=check.image,
+            command=list(check.command) if check.command is not None else None,
+            script=check.script,
+            timeout=check.timeout,
+            retries=0,
+            priority=100,
+            project="health-checks",
+        )
+        async with self._lock:
+            job_id = f"j-{secrets.token_hex(5)}"
+            job = self.scheduler.submit(job_id, spec, self.clock(), pin=node, check=True)
+            await self._persist()
+        self._checked_at[node] = self.clock()
+        self._jobs_since[node] = 0
+        log.info(
+            "health check %s queued for %s: %s", job_id, node, reason, extra={"job": job_id, "node": node}
+        )
+        self._wake.set()
+        return job
+
+    async def _checks_due(self, now: float) -> None:
+        """Every N hours or N jobs, a good node that is free gets its health check again."""
+        records = self.nodes()
+        busy = {a.node for j in self.scheduler.jobs.values() if (a := j.active) is not None}
+        for node in self.inventory.nodes:
+            check = self.inventory.health_check(node)
+            rec = records.get(node.name)
+            if check is None or rec is None or node.name in busy or rec.health is not Health.GOOD:
+                continue
+            if rec.state not in (lc.NodeLifecycle.IDLE, lc.NodeLifecycle.BUSY):
+                continue
+            since = self._checked_at.setdefault(node.name, now)
+            if now - since >= check.every_hours * 3600:
+                await self._submit_check(node.name, f"{check.every_hours:g} h since the last check")
+            elif check.every_jobs and self._jobs_since.get(node.name, 0) >= check.every_jobs:
+                await self._submit_check(node.name, f"{check.every_jobs} jobs since the last check")
+
+    async def _report(self, job: Job) -> None:
+        """A health check is over: its result (with the log's tail) goes to the lifecycle. One
+        the infrastructure lost or that was cancelled proves nothing and is not reported."""
+        a = job.current
+        if job.pin is None or a is None or self.report_check is None:
+            return
+        if (
+            job.state not in (JobState.SUCCEEDED, JobState.FAILED, JobState.TIMED_OUT)
+            or a.state is AttemptState.LOST
+        ):
+            return
+        passed = job.state is JobState.SUCCEEDED
+        ref = job.id
+        if not passed:
+            await asyncio.sleep(1.0)  # let the last chunks arrive
+            chunks = await self.store.log_chunks(job.id, attempt=a.number, limit=100_000)
+            tail = "".join(c.data for c in chunks)[-400:].strip()
+            ref = f"{job.id}, {job.reason}" + (f"; log tail: {tail}" if tail else "")
+        try:
+            await self.report_check(job.pin, passed, ref)
+        except Exception:
+            log.exception(
+                "cannot report the health check of %s", job.pin, extra={"job": job.id, "node": job.pin}
+            )
+
     # -- artifacts --------------------------------------------------------------------------------
 
     def upload_token(self, job_id: str, attempt: int) -> str:
@@ -377,6 +462,8 @@ class JobManager:
                     actions += self.scheduler.schedule(self._slots(), now)
                 await self._persist()
             self._carry_out(actions)
+            if self.ready():
+                await self._checks_due(now)
             deadline = self.scheduler.next_deadline()
             wait = 5.0 if deadline is None else min(max(deadline - self.clock(), 0.05), 5.0)
             self._wake.clear()
@@ -452,16 +539,21 @@ class JobManager:
         slots = []
         for n in self.inventory.nodes:
             rec = records.get(n.name)
-            available = (
-                rec is not None
-                and rec.state in (lc.NodeLifecycle.IDLE, lc.NodeLifecycle.BUSY)
-                and may_take_work(rec.health)
-            )
-            if not (available or all_nodes):
+            connected = rec is not None and rec.state in (lc.NodeLifecycle.IDLE, lc.NodeLifecycle.BUSY)
+            available = connected and rec is not None and may_take_work(rec.health)
+            if not (connected or all_nodes):
                 continue
             cpus = float(n.cpus) if n.cpus else float(rec.slots if rec is not None else 1)
             slots.append(
-                NodeSlot(n.name, n.arch, frozenset(n.labels), cpus, n.memory_mb or NO_LIMIT_MB, available)
+                NodeSlot(
+                    n.name,
+                    n.arch,
+                    frozenset(n.labels),
+                    cpus,
+                    n.memory_mb or NO_LIMIT_MB,
+                    available,
+                    connected,
+                )
             )
         return slots
 
@@ -488,7 +580,11 @@ class JobManager:
                 job = self.scheduler.jobs[t.job]
                 a = job.attempts[-1]
                 self._audits[(t.job, a.number)] = _LogAudit(a.node, set())
+                if not job.check:
+                    self._jobs_since[a.node] = self._jobs_since.get(a.node, 0) + 1
         for job in changed:
+            if job.state in TERMINAL and job.check:
+                self._spawn(self._report(job), f"check-result-{job.id}")
             if job.state in TERMINAL:
                 for a in job.attempts:
                     audit = self._audits.get((job.id, a.number))
