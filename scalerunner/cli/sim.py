@@ -182,6 +182,16 @@ class _Bars:
         self.progress.update(self.online, completed=s.get("online", 0))
 
 
+def _dashboard(s: dict[str, Any], root: Path) -> str:
+    """The dashboard's address with the API token after ``#`` (it never leaves the browser, which
+    keeps it for the tab: docs/dashboard.md). The rack listens on loopback only."""
+    try:
+        token = json.loads((root / "api.json").read_text())["token"]
+    except (OSError, ValueError, KeyError):
+        return f"{s['api']}/"
+    return f"{s['api']}/#token={token}"
+
+
 def _down_cmd(root: Path) -> str:
     default = root.resolve() == DEFAULT_DIR.resolve()
     return "scalerunner sim down" if default else f"scalerunner sim down --dir {root}"
@@ -203,7 +213,7 @@ def _summary(console: Console, s: dict[str, Any], root: Path, detached: bool) ->
         )
     console.print(table)
     console.print(f"switch (SNMP): {s['switch']}   inventory: {s['inventory']}")
-    console.print(f"[bold]dashboard: {s['api']}/[/bold]   API: {s['api']}")
+    console.print(f"[bold]dashboard: {_dashboard(s, root)}[/bold]   API: {s['api']}", soft_wrap=True)
     console.print(
         f"the CLI finds it through {root / 'api.json'} and ./.scalerunner/api.json "
         f"(e.g. `scalerunner nodes ls`)"
@@ -435,7 +445,7 @@ def sim_status(root: Path, as_json: bool, brief: bool) -> None:
         f"{snap['powered']} powered, phase {snap['phase']}"
     )
     if brief:
-        console.print(f"[bold]dashboard: {snap['api']}/[/bold]")
+        console.print(f"[bold]dashboard: {_dashboard(snap, root)}[/bold]", soft_wrap=True)
         console.print(f"stop it with: [bold]{_down_cmd(root)}[/bold]")
         return
     _summary(console, snap, root.resolve(), detached=True)
