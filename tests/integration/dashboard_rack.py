@@ -10,6 +10,8 @@ temperature. ``close()`` stops everything it started.
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine
@@ -72,6 +74,7 @@ class DashboardRack:
         self._thread = threading.Thread(target=self._loop.run_forever, name="dashboard-rack", daemon=True)
         self._thread.start()
         self._probes: dict[str, MqttProbe] = {}
+        self._agents: list[subprocess.Popen[bytes]] = []
         self.switch = SimPoeSwitch(PoeSwitchModel(ports=nodes + 2), communities=["private"])
         self.coordinator: Coordinator | None = None
         try:
@@ -120,6 +123,28 @@ class DashboardRack:
                 raise AssertionError(f"{node} not online within 10 s")
             time.sleep(0.02)
 
+    def start_agent(self, node: str) -> None:
+        """A real ``scalerunner-agent`` for ``node`` (process runtime: it runs jobs)."""
+        assert self.coordinator is not None
+        access = self.coordinator.broker.access()
+        password = node_password(self.root / "broker-credentials.json", node)
+        config = self.root / f"agent-{node}.toml"
+        config.write_text(
+            f'cluster = "{CLUSTER}"\nnode = "{node}"\nstate_dir = "{self.root / node}"\n'
+            f'[broker]\nhost = "{access.host}"\nport = {access.port}\npassword = "{password}"\n'
+            "reconnect_min = 0.1\nreconnect_max = 0.5\n[telemetry]\ninterval = 0.5\n"
+        )
+        (self.root / "cmdline").write_text("")
+        agent = Path(sys.executable).parent / "scalerunner-agent"
+        with (self.root / f"agent-{node}.log").open("ab") as log:
+            self._agents.append(
+                subprocess.Popen(
+                    [str(agent), "--config", str(config), "--cmdline", str(self.root / "cmdline")],
+                    stdout=log,
+                    stderr=log,
+                )
+            )
+
     def telemetry(self, node: str, load1: float, temp_c: float | None) -> None:
         tele = Telemetry(
             node=node,
@@ -138,6 +163,14 @@ class DashboardRack:
         self._loop.call_soon_threadsafe(self.switch.set_load, port, fraction)
 
     def close(self) -> None:
+        for proc in self._agents:
+            proc.terminate()
+        for proc in self._agents:
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         for probe in self._probes.values():
             probe.close()
         self._probes.clear()

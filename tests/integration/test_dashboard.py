@@ -1,13 +1,16 @@
 """The dashboard in a real headless Chromium (Debian's, driven by Playwright) against a real
-coordinator: its managed mosquitto, its power manager on the simulated PoE switch over SNMP, and
-nodes publishing the agent's real MQTT payloads (tests/integration/dashboard_rack.py)."""
+coordinator: its managed mosquitto, its power manager on the simulated PoE switch over SNMP, nodes
+publishing the agent's real MQTT payloads (tests/integration/dashboard_rack.py), and one real
+``scalerunner-agent`` that runs a job in the process runtime."""
 
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests.integration.dashboard_rack import DashboardRack
@@ -17,7 +20,8 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(90)]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-N = 3
+N = 4
+AGENT = "rack1-04"  # a real agent; the others are MQTT clients the tests steer
 GREEN, YELLOW, RED, DARK = "#00ff00", "#ffff00", "#ff0000", "#000000"
 
 
@@ -37,7 +41,8 @@ CHROMIUM_ARGS = [
 def rack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DashboardRack]:
     r = DashboardRack(tmp_path_factory.mktemp("rack"), nodes=N)
     try:
-        for name in r.names:
+        r.start_agent(AGENT)
+        for name in r.names[:-1]:
             r.node_online(name)
             r.telemetry(name, 0.0, 30.0)
         yield r
@@ -63,6 +68,7 @@ def page(browser: object, rack: DashboardRack) -> Iterator[object]:
     p = context.new_page()
     p.set_default_timeout(15_000)
     p.goto(f"{rack.url}/#token={rack.token}")
+    playwright_api.expect(p.locator(".row .node")).to_have_count(N)  # the snapshot is drawn
     yield p
     context.close()
 
@@ -79,7 +85,7 @@ def test_the_page_draws_every_node_of_the_rack_in_its_row_with_state_and_power(
     tiles = page.locator(".row .node")  # type: ignore[attr-defined]
     playwright_api.expect(tiles).to_have_count(N)
     assert tiles.evaluate_all("els => els.map(e => e.dataset.node)") == rack.names
-    assert tiles.evaluate_all("els => els.map(e => e.style.gridColumn)") == ["1", "2", "3"]
+    assert tiles.evaluate_all("els => els.map(e => e.style.gridColumn)") == ["1", "2", "3", "4"]
     first = page.locator('[data-node="rack1-01"]')  # type: ignore[attr-defined]
     playwright_api.expect(first).to_have_attribute("data-state", "idle")
     playwright_api.expect(first.locator(".watts")).to_have_text("2.5 W")  # the sim switch's idle draw
@@ -95,7 +101,7 @@ def test_a_nodes_led_follows_its_load_and_temperature_as_the_firmware_lights_it(
     rack.telemetry(node, 0.0, 30.0)
     page.wait_for_function(  # type: ignore[attr-defined]
         f"""() => [...document.querySelectorAll('[data-node="{node}"] .px')]
-                .every(e => e.dataset.colour === '{DARK}')"""
+                .filter(e => e.dataset.colour === '{DARK}').length === 8"""
     )
     rack.telemetry(node, 1.0, 30.0)  # 1 of 4 cpus: 25 % lights 2 of 8 pixels, cool: green
     page.wait_for_function(  # type: ignore[attr-defined]
@@ -148,3 +154,29 @@ def test_a_wrong_token_shows_the_login_form_and_the_right_one_opens_the_board(
         playwright_api.expect(p.locator(".row .node")).to_have_count(N)
     finally:
         context.close()
+
+
+def test_a_running_jobs_log_arrives_live_and_is_shown_as_text_never_as_html(
+    page: object, rack: DashboardRack
+) -> None:
+    assert rack.coordinator is not None
+    deadline = time.monotonic() + 20
+    while rack.coordinator.nodes.records[AGENT].state.value != "idle":
+        assert time.monotonic() < deadline, f"{AGENT} (a real agent) not idle within 20 s"
+        time.sleep(0.1)
+    api = httpx.Client(base_url=rack.url, headers={"Authorization": f"Bearer {rack.token}"}, timeout=10)
+    with api:
+        api.put(f"/api/v1/nodes/{AGENT}/health", json={"health": "good", "reason": "test"}).raise_for_status()
+        hostile = "<img src=x onerror=window.__xss=1>"
+        script = f"echo '{hostile}'; sleep 1.5; echo second line"
+        spec = {"name": "shows-html", "script": script, "retries": 0, "timeout": 60}
+        job = api.post("/api/v1/jobs", json=spec).json()["id"]
+    row = page.locator(f'#jobs tr[data-job="{job}"]')  # type: ignore[attr-defined]
+    playwright_api.expect(row).to_have_count(1)
+    row.click()
+    log = page.locator("#log")  # type: ignore[attr-defined]
+    playwright_api.expect(log).to_contain_text(hostile, timeout=20_000)
+    playwright_api.expect(log).to_contain_text("second line", timeout=20_000)  # came later, live
+    playwright_api.expect(row).to_contain_text("succeeded", timeout=20_000)
+    assert log.locator("img").count() == 0
+    assert page.evaluate("window.__xss === undefined")  # type: ignore[attr-defined]
