@@ -152,24 +152,65 @@ def test_telemetry_is_ignored_unless_the_agent_is_connected() -> None:
     assert run.node.state is S.BOOTING and run.node.jobs == () and run.node.last_telemetry_at is None
 
 
-def test_silence_takes_an_idle_node_offline_and_the_reason_says_how_long() -> None:
+def test_silence_of_an_idle_undrained_node_is_a_fault_and_starts_recovery() -> None:
     run = idle_node()
     assert next_deadline(run.node, CFG) == 21 + 30
     assert run(Tick(at=50)) == ([], [])  # before the deadline: nothing
     t, actions = run(Tick(at=51.5))
     assert run.states(t) == [("idle", "offline")]
-    assert t[0].reason == "no telemetry for 30.5 s"
-    assert actions == [] and run.node.health is Health.GOOD  # idle and silent: not a fault
+    assert t[0].reason == "infrastructure fault: no telemetry for 30.5 s while not drained"
+    assert t[1].reason.endswith("recovery power-cycle 1 of 3 in 10 s")
+    assert actions == [] and run.node.health is Health.UNKNOWN and run.node.recovery_at == 61.5
+    t, actions = run.tick_to_deadline()
+    assert [type(a) for a in actions] == [PowerCycle] and run.states(t) == [("offline", "booting")]
+
+
+def test_silence_of_a_drained_idle_node_only_takes_it_offline() -> None:
+    run = idle_node()
+    run(Drain(at=22, reason="maintenance"))
+    t, actions = run(Tick(at=52))
+    assert run.states(t) == [("draining", "offline")] and t[0].reason == "no telemetry for 31 s"
+    assert actions == [] and run.node.health is Health.GOOD  # the operator expects it to go
     assert next_deadline(run.node, CFG) is None
 
 
-def test_an_agent_that_never_sends_telemetry_goes_offline() -> None:
+def test_an_agent_that_never_sends_telemetry_is_recovered() -> None:
     run = Run(new_node("n1", health=Health.GOOD, reason="test"))
     run(PowerOn(at=0))
     run(online(10))
     t, _ = run(Tick(at=40))
     assert run.states(t) == [("online", "offline")]
-    assert t[0].reason == "online for 30 s without sending telemetry"
+    assert t[0].reason == "infrastructure fault: online for 30 s without sending telemetry while not drained"
+    assert t[-1].reason.endswith("recovery power-cycle 1 of 3 in 10 s")
+
+
+def test_an_idle_agent_that_goes_away_is_recovered_once_per_outage() -> None:
+    run = idle_node()
+    t, actions = run(will(30))
+    assert run.states(t) == [("idle", "offline")] and actions == []  # maybe a restart: wait
+    assert next_deadline(run.node, CFG) == 21 + 30
+    t, actions = run.tick_to_deadline()
+    assert [x.axis for x in t] == ["health"] and "since its agent went offline" in t[0].reason
+    assert run.node.lost and run.node.recovery_at is not None
+    assert run.node.state_reason.endswith("recovery power-cycle 1 of 3 in 10 s")
+    run(online(60, seq=2))  # back before the cycle: recovery cancelled, the outage is over
+    assert run.node.state is S.ONLINE and not run.node.lost and run.node.recovery_at is None
+
+
+def test_an_agent_that_comes_back_within_the_timeout_is_not_recovered() -> None:
+    run = idle_node()
+    run(will(30))
+    run(online(40, seq=2))
+    run(Telemetry(at=41))
+    t, actions = run(Tick(at=60))
+    assert t == [] and actions == [] and run.node.state is S.IDLE
+
+
+def test_a_drained_agent_that_goes_away_stays_offline() -> None:
+    run = idle_node()
+    run(Drain(at=22, reason="kernel update"))
+    run(will(30))
+    assert run.node.state is S.OFFLINE and next_deadline(run.node, CFG) is None
 
 
 # --- recovery: back-off, failure, latch ------------------------------------------------------------

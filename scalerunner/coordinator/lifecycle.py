@@ -131,7 +131,9 @@ class NodeRecord:
     (the latched first failure; set exactly while failed). ``check_pending``: a health check
     was asked for on the current connection and has not answered. ``link_down``: the
     coordinator's MQTT connection is down, so nothing is judged by silence; ``link_up_at``: when it
-    last came back (silence counts from then at the earliest).
+    last came back (silence counts from then at the earliest). ``lost``: this outage of the node was
+    already judged an infrastructure fault (so a silent, un-drained node is recovered once per
+    outage, not on every tick); cleared when its agent comes online again.
     """
 
     name: str
@@ -157,6 +159,7 @@ class NodeRecord:
     check_pending: bool = False
     link_down: bool = False
     link_up_at: float | None = None
+    lost: bool = False
 
 
 def new_node(
@@ -426,7 +429,7 @@ def next_deadline(node: NodeRecord, config: LifecycleConfig) -> float | None:
         return _silence_deadline(node, config)
     if node.state is NodeLifecycle.OFFLINE:
         due = [_recovery_deadline(node, config)] if node.recovery_at is not None else []
-        if node.jobs:
+        if node.jobs or _unjudged_silence(node):
             due.append(_silence_deadline(node, config))
         return min(due, default=None)
     return None
@@ -569,7 +572,7 @@ def _agent_state(s: _Step, e: AgentState) -> None:
             return  # a repeat, or an online from a connection whose Will already came
     s.update(conn_seq=e.conn_seq, conn_online=online)
     if online:
-        s.update(slots=e.slots, powered=True, online_at=s.at)
+        s.update(slots=e.slots, powered=True, online_at=s.at, lost=False)
     if n.state is NodeLifecycle.FAILED:
         return  # latched; the connection facts are kept for the reset
     if online:
@@ -624,13 +627,22 @@ def _tick(s: _Step, config: LifecycleConfig) -> None:
                 cause = f"online for {_secs(s.at - heard)} s without sending telemetry"
             if n.jobs:
                 _fault(s, f"{cause} while running {_count(n.jobs)}", config)
+            elif n.drain_reason is None:
+                _fault(s, f"{cause} while not drained", config)  # a node that should be working
             else:
-                s.move(NodeLifecycle.OFFLINE, cause)
+                s.move(NodeLifecycle.OFFLINE, cause)  # drained: the operator expects it to go
     elif n.state is NodeLifecycle.OFFLINE:
         if n.jobs:
             heard = _heard_at(n)
             if s.at >= _silence_deadline(n, config):
                 _fault(s, f"silent for {_secs(s.at - heard)} s while running {_count(n.jobs)}", config)
+        elif _unjudged_silence(n) and s.at >= _silence_deadline(n, config):
+            # The agent said goodbye (or its Will did) and nothing came back: recover the node.
+            _fault(
+                s,
+                f"silent for {_secs(s.at - _heard_at(n))} s since its agent went offline, not drained",
+                config,
+            )
         elif n.recovery_at is not None and s.at >= _recovery_deadline(n, config):
             reason = f"recovery power-cycle {n.recoveries} of {config.max_recoveries}"
             s.act(PowerCycle(n.name, n.recoveries, f"{reason}: {n.state_reason}"))
@@ -641,6 +653,7 @@ def _fault(s: _Step, cause: str, config: LifecycleConfig) -> None:
     """An infrastructure fault: the node failed to boot or was lost (with its jobs, if any).
     Re-queue the jobs, make good health unknown, then recover, give up, or leave it be."""
     _lose_jobs(s, cause)
+    s.update(lost=True)
     s.set_health(after_fault(s.node.health), f"infrastructure fault: {cause}")
     n = s.node
     if not may_recover(n.health):
@@ -773,6 +786,12 @@ def _heard_at(n: NodeRecord) -> float:
     coordinator's link came back, if later: silence before that was the coordinator's."""
     times = [t for t in (n.online_at, n.last_telemetry_at, n.link_up_at) if t is not None]
     return max(times, default=n.since)
+
+
+def _unjudged_silence(n: NodeRecord) -> bool:
+    """An offline node that is powered, not drained, not yet judged and not waiting for recovery:
+    its silence will be judged an infrastructure fault at the silence deadline."""
+    return n.powered and n.drain_reason is None and not n.lost and n.recovery_at is None
 
 
 def _lose_jobs(s: _Step, reason: str) -> None:

@@ -664,7 +664,8 @@ def test_reboot_reaches_the_agent_and_one_without_a_reboot_command_refuses_with_
 def test_identify_and_reboot_of_a_node_without_its_agent_are_refused_at_once_with_exit_1(
     cluster: Cluster,
 ) -> None:
-    assert cluster.node(N3)["state"] in ("off", "offline")  # N3 never has a connected agent here
+    # N3's agent is gone (its Will came); by now recovery may be power-cycling it (it was not drained)
+    assert cluster.node(N3)["state"] in ("off", "offline", "booting", "failed")
     for verb in ("identify", "reboot"):
         started = time.monotonic()
         proc = cluster.cli(verb, N3)
