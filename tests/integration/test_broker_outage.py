@@ -173,6 +173,6 @@ def test_a_broker_outage_longer_than_the_timeout_marks_no_node_offline_and_a_sil
     moves = [(e["node"], e["old"], e["new"]) for e in after if e["axis"] == "state"]
     assert [m for m in moves if m[0] == N1] == [], moves  # rack1-01 never left idle
     # rack1-02 went offline (and, not drained, is up for recovery power-cycles after that)
-    assert [m for m in moves if m[0] == N2][0] == (N2, "idle", "offline"), moves
+    assert next(m for m in moves if m[0] == N2) == (N2, "idle", "offline"), moves
     reason = next(e["reason"] for e in after if e["axis"] == "state")
     assert "not heard within 2 s of the coordinator's reconnect to the broker" in reason, reason
