@@ -35,6 +35,7 @@ SPREAD = [(0.3, 38), (1.2, 44), (2.5, 52), (4.0, 61), (0.8, 41), (3.4, 72), (0.1
 
 
 POINTS = 24  # power samples on the charts before the picture
+MAX_WAIT_S = 30.0
 
 
 def running_demo(rack_dir: Path) -> tuple[str, str] | None:
@@ -64,12 +65,13 @@ def shoot(
             page.goto(f"{url}/#token={token}")
             page.wait_for_selector(".row .node", timeout=30_000)
             with console.status(f"waiting for {POINTS} power samples on the charts"):
-                for step in range(600):
+                # POINTS samples, or what came within MAX_WAIT_S if at least 2 (a demo may sample slowly)
+                for step in range(int(4 * MAX_WAIT_S)):
                     busy(step)
-                    if (
-                        page.evaluate("Number(document.querySelector('#chart-power').dataset.points || 0)")
-                        >= POINTS
-                    ):
+                    points = page.evaluate(
+                        "Number(document.querySelector('#chart-power').dataset.points || 0)"
+                    )
+                    if points >= POINTS or (points >= 2 and step >= 2 * MAX_WAIT_S):
                         break
                     page.wait_for_timeout(500)
             page.wait_for_timeout(500)
