@@ -6,16 +6,24 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from pathlib import Path
 
 from hypothesis import given
 from hypothesis import strategies as st
 
 from scalerunner.coordinator.api.models import NodeView, TelemetryView
 from scalerunner.coordinator.dashboard.feed import Feed, PowerHistory, changed, node_entry
-from scalerunner.coordinator.dashboard.ledview import DARK, PIXELS, led_of
+from scalerunner.coordinator.dashboard.ledview import DARK, PIXELS, LedView, firmware_render
+from scalerunner.coordinator.dashboard.ledview import led_of as _led_of
 from scalerunner.coordinator.dashboard.routes import sse
 
 GREEN, YELLOW, RED = "#00ff00", "#ffff00", "#ff0000"
+
+
+def led_of(node: str, load1: float, temp: float | None, cpus: int) -> LedView:
+    led = _led_of(node, load1, temp, cpus)
+    assert led is not None  # the firmware sources are in this checkout
+    return led
 
 
 def view(name: str = "n1", state: str = "idle", load1: float = 1.0, temp: float | None = 40.0) -> NodeView:
@@ -51,6 +59,10 @@ def test_the_led_lights_a_prefix_in_one_band_colour_growing_with_load(
     assert led.pixels[: len(lit)] == tuple(lit) and len(set(lit)) <= 1
     assert len(lit) == math.ceil(led.load_pct * PIXELS / 100)
     assert len([p for p in led_of("n", load1 + 1, temp, cpus).pixels if p != DARK]) >= len(lit)
+
+
+def test_without_the_firmware_sources_there_is_no_led_rather_than_an_error(tmp_path: Path) -> None:
+    assert firmware_render(tmp_path / "render.py") is None
 
 
 def test_an_entry_changes_with_telemetry_but_not_with_its_age_and_an_offline_led_is_dark() -> None:

@@ -40,11 +40,14 @@ def node_entry(view: NodeView, cpus: int | None, watts: float | None) -> Entry:
     if tele is not None:
         tele.pop("age_s", None)
     connected = view.state in ("online", "idle", "busy", "draining")
-    if view.telemetry is not None and connected:
+    led = None
+    if view.telemetry is not None and connected:  # else no agent drives it: the page draws it dark
         led = led_of(view.name, view.telemetry.load1, view.telemetry.temp_c, cpus or 1)
-        entry["led"] = {"pixels": list(led.pixels), "colour": led.colour, "load_pct": led.load_pct}
-    else:  # no agent to drive it: the page draws it dark
-        entry["led"] = None
+    entry["led"] = (
+        {"pixels": list(led.pixels), "colour": led.colour, "load_pct": led.load_pct}
+        if led is not None
+        else None
+    )
     entry["watts"] = watts
     return entry
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import builtins
 import functools
+import logging
 import types
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 from ...firmware import REPO
 from ...nodeagent.led import gauge_of
 from ...protocol.mqtt import Telemetry
+
+log = logging.getLogger("scalerunner.coordinator.dashboard")
 
 RENDER_SOURCE = REPO / "ledfw" / "render.py"
 PIXELS = 8  # the firmware's default strip (ledfw/hal_rp2.py, hal_unix.py)
@@ -40,7 +43,11 @@ class LedView:
 
 @functools.cache
 def firmware_render(path: Path = RENDER_SOURCE) -> Any:
-    """ledfw/render.py, executed with ``micropython.const`` as the identity (what it is off-device)."""
+    """ledfw/render.py, executed with ``micropython.const`` as the identity (what it is off-device);
+    None, said once in the log, where the firmware sources are not installed (a wheel without the repo)."""
+    if not path.is_file():
+        log.warning("no LED firmware at %s: the dashboard draws no LEDs", path)
+        return None
     stand_in = types.ModuleType("micropython")
     stand_in.const = lambda value: value  # type: ignore[attr-defined]
     real_import = builtins.__import__
@@ -56,13 +63,15 @@ def firmware_render(path: Path = RENDER_SOURCE) -> Any:
     return types.SimpleNamespace(**namespace)
 
 
-def led_of(node: str, load1: float, temp_c: float | None, cpus: int, pixels: int = PIXELS) -> LedView:
-    """What the node's LED shows in GAUGE mode for this telemetry."""
+def led_of(node: str, load1: float, temp_c: float | None, cpus: int, pixels: int = PIXELS) -> LedView | None:
+    """What the node's LED shows in GAUGE mode for this telemetry (None: no firmware to ask)."""
+    fw = firmware_render()
+    if fw is None:
+        return None
     tele = Telemetry(
         node=node, ts=0.0, load1=load1, cpu_pct=0.0, mem_used_mb=0, mem_total_mb=0, temp_c=temp_c
     )
     gauge = gauge_of(tele, cpus)
-    fw = firmware_render()
     params = fw.Params()
     params.mode = fw.GAUGE
     params.load = gauge.load_pct
