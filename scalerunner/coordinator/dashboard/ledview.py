@@ -72,15 +72,22 @@ def led_of(node: str, load1: float, temp_c: float | None, cpus: int, pixels: int
         node=node, ts=0.0, load1=load1, cpu_pct=0.0, mem_used_mb=0, mem_total_mb=0, temp_c=temp_c
     )
     gauge = gauge_of(tele, cpus)
+    temp_dc = round(gauge.temp_c * 10)  # what LedClient.gauge sends
+    return LedView(_rendered(gauge.load_pct, temp_dc, pixels), gauge.load_pct, gauge.temp_c)
+
+
+@functools.lru_cache(maxsize=8192)
+def _rendered(load_pct: int, temp_dc: int, pixels: int) -> tuple[str, ...]:
+    """The firmware's gauge pixels as "#rrggbb", once per (load, temperature): a look at a big rack
+    draws the same few hundred gauges again and again."""
+    fw = firmware_render()
     params = fw.Params()
     params.mode = fw.GAUGE
-    params.load = gauge.load_pct
-    params.temp = round(gauge.temp_c * 10)  # what LedClient.gauge sends (temp_dc)
+    params.load = load_pct
+    params.temp = temp_dc
     buf = bytearray(3 * pixels)
     fw.render(buf, pixels, fw.GAUGE, 0, params)
-    return LedView(
-        tuple(_hex(buf[i : i + 3], fw.CAP) for i in range(0, 3 * pixels, 3)), gauge.load_pct, gauge.temp_c
-    )
+    return tuple(_hex(buf[i : i + 3], fw.CAP) for i in range(0, 3 * pixels, 3))
 
 
 def _hex(rgb: bytes | bytearray, cap: int) -> str:
