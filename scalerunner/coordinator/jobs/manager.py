@@ -59,6 +59,7 @@ from .core import (
     Dispatch,
     Job,
     JobState,
+    JobStateError,
     NodeSlot,
     Scheduler,
     SchedulerConfig,
@@ -196,10 +197,11 @@ class JobManager:
         return job
 
     async def cancel(self, job_id: str, reason: str) -> Job:
-        job = await self.get(job_id)  # a job over long ago is read from the store (and refused)
+        await self.get(job_id)  # UnknownJob for a job that never was
         async with self._lock:
-            if job_id not in self.scheduler.jobs:
-                self.scheduler.restore(job)
+            if job_id not in self.scheduler.jobs:  # only jobs that are over leave memory
+                over = await self.get(job_id)  # read again: it may have ended just now
+                raise JobStateError(job_id, over.state.value, "cannot be cancelled: it is over")
             actions = self.scheduler.cancel(job_id, self.clock(), reason)
             await self._persist()
         self._carry_out(actions)
