@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -15,7 +16,7 @@ from scalerunner.coordinator.api.models import NodeView, TelemetryView
 from scalerunner.coordinator.dashboard.feed import Feed, PowerHistory, changed, node_entry
 from scalerunner.coordinator.dashboard.ledview import DARK, PIXELS, LedView, firmware_render
 from scalerunner.coordinator.dashboard.ledview import led_of as _led_of
-from scalerunner.coordinator.dashboard.routes import sse
+from scalerunner.coordinator.dashboard.routes import sse, stream
 
 GREEN, YELLOW, RED = "#00ff00", "#ffff00", "#ff0000"
 
@@ -119,5 +120,23 @@ def test_a_stream_that_falls_behind_is_dropped_and_the_others_keep_their_events(
             fast.queue.get_nowait()  # this one keeps up
         assert slow.dropped and slow not in feed.clients and feed.dropped == 1
         assert not fast.dropped and fast in feed.clients
+
+    asyncio.run(main())
+
+
+def test_stopping_the_feed_ends_a_stream_that_waits_for_events_at_once() -> None:
+    async def main() -> None:
+        feed = Feed(_Nodes(), {"n1": 4})
+        await feed.start()
+        events = stream(feed, keepalive=60.0)
+        first = await anext(events)
+        assert first.startswith(b"event: snapshot\n")
+        waiting = asyncio.ensure_future(anext(events))
+        await asyncio.sleep(0.05)
+        assert not waiting.done()  # nothing changed: the stream waits (the keepalive is a minute off)
+        await feed.stop()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(waiting, 1.0)
+        assert not feed.clients
 
     asyncio.run(main())

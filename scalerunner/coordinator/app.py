@@ -211,8 +211,6 @@ class Coordinator:
         self._stops.append(self.jobs.stop)
         await self.link.start()
         self._stops.append(self.link.stop)
-        await self.dashboard.start()
-        self._stops.append(self.dashboard.stop)
         # The socket is bound here, not by uvicorn: a port in use is a ConfigError naming it
         # (uvicorn would log it and raise SystemExit), and port 0 needs no pick-then-bind race.
         sock = bind_api(self.api_host, self.api_port, self.source)
@@ -240,6 +238,10 @@ class Coordinator:
                 await serve_task  # raises why it could not serve
                 raise ConfigError(self.source, "api.listen", f"cannot serve the API on {self.api_url}")
             await asyncio.sleep(0.02)
+        # After the API: stopped before it, the feed ends the open dashboard streams, which
+        # uvicorn would otherwise wait for before it lets the API stop.
+        await self.dashboard.start()
+        self._stops.append(self.dashboard.stop)
         log.info("coordinator up", extra={"api": self.api_url, "broker": access.endpoint})
 
     async def stop(self) -> None:

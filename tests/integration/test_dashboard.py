@@ -6,6 +6,7 @@ publishing the agent's real MQTT payloads (tests/integration/dashboard_rack.py),
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,3 +181,28 @@ def test_a_running_jobs_log_arrives_live_and_is_shown_as_text_never_as_html(
     playwright_api.expect(row).to_contain_text("succeeded", timeout=20_000)
     assert log.locator("img").count() == 0
     assert page.evaluate("window.__xss === undefined")  # type: ignore[attr-defined]
+
+
+def test_the_coordinator_stops_at_once_while_a_dashboard_stream_is_open(tmp_path: Path) -> None:
+    # uvicorn waits for open responses before it stops: the feed must end its streams first
+    rack = DashboardRack(tmp_path, nodes=1)
+    lines: list[str] = []
+
+    def follow() -> None:
+        headers = {"Authorization": f"Bearer {rack.token}"}
+        with httpx.stream("GET", f"{rack.url}/api/v1/stream", headers=headers, timeout=30) as r:
+            lines.extend(r.iter_lines())
+
+    reader = threading.Thread(target=follow, daemon=True)
+    try:
+        reader.start()
+        deadline = time.monotonic() + 10
+        while "event: snapshot" not in lines:
+            assert time.monotonic() < deadline, "no snapshot on the stream"
+            time.sleep(0.02)
+    finally:
+        t0 = time.monotonic()
+        rack.close()
+    assert time.monotonic() - t0 < 5.0
+    reader.join(5)
+    assert not reader.is_alive()  # the stream ended with the coordinator

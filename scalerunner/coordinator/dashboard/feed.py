@@ -153,11 +153,11 @@ class Feed:
     # -- streams --
 
     async def subscribe(self) -> tuple[Client, Entry]:
-        """A new stream's queue and the snapshot it starts from (taken after subscribing: no gap)."""
+        """A new stream's queue and the snapshot it starts from, taken as it subscribes (no gap)."""
+        self.look()  # the others get what changed; this one gets all of it in its snapshot
         client = Client(asyncio.Queue(self.queue_size))
-        self.clients.add(client)
+        self.clients.add(client)  # no await since the look: nothing can fall between the two
         self._wake.set()
-        self.look()
         if self.list_jobs is not None:
             self.job_list = await self.list_jobs()
         snapshot = {
@@ -182,6 +182,8 @@ class Feed:
     def _drop(self, client: Client) -> None:
         client.dropped = True
         self.clients.discard(client)
+        with contextlib.suppress(asyncio.QueueFull):  # wake a stream waiting on an empty queue
+            client.queue.put_nowait(("", None))
 
     # -- what changed --
 
