@@ -590,3 +590,26 @@ def test_piped_console_input_goes_no_faster_than_the_node_uart_so_the_bmc_drops_
         assert c["to_node"] + c["node_pending"] + c["node_dropped"] == len(script), c
     assert counters["0"]["node_dropped"] > 0
     assert counters["115200"]["node_dropped"] == 0
+
+
+def test_an_answer_an_earlier_host_left_on_the_line_is_not_taken_for_a_new_client_s(
+    start_firmware: StartFirmware,
+) -> None:
+    fw = start_firmware("bmc")
+
+    async def scenario() -> None:
+        async with BmcClient(fw.stream(), timeout=STEP) as earlier:
+            await earlier.hello()
+            fw.proc.send_signal(signal.SIGSTOP)  # the BMC answers only once this host has gone
+            try:
+                await earlier.link.send(Message.make("STATUS_GET"), wait=False)
+                await asyncio.sleep(0.1)
+            finally:
+                fw.proc.send_signal(signal.SIGCONT)
+        # its STATUS (power OFF) is resent, unacknowledged, to whoever opens the line next (as with two
+        # `scalerunner bmc` commands in a row)
+        async with BmcClient(fw.stream(), timeout=STEP) as bmc:
+            st = await bmc.power("on")
+            assert st.power_state in (PowerState.STARTING, PowerState.ON)
+
+    asyncio.run(scenario())

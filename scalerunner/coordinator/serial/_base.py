@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import secrets
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -111,8 +112,12 @@ class DeviceClient:
         self._hello: Hello | None = None
         self._hello_event = asyncio.Event()
         self.unsolicited: deque[Message] = deque(maxlen=256)
-        self._stale = False  # a request timed out: its answer may still come, ahead of the next one's
-        self._token = 0
+        # Answers not meant for the next request may come first: those of a request that timed out, or
+        # those an earlier host (a previous process) left unacknowledged on the line, which the device
+        # sends again to whoever opens it next. The first request, and the first after a timeout,
+        # skip them (_fence). A random token tells this client's PONG from an earlier one's.
+        self._stale = True
+        self._token = secrets.randbits(32)
 
     @property
     def link(self) -> Link:
