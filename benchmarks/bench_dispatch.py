@@ -76,10 +76,11 @@ def _peer_round_trips(port: int, password: str, nodes: list[str]) -> list[float]
 
     client.on_message = on_message
     client.connect("127.0.0.1", port)
-    client.loop_start()
     try:
         client.subscribe(f"scalerunner/v1/{CLUSTER}/nodes/+/reply", qos=1)
-        time.sleep(0.5)
+        settle = time.perf_counter() + 0.5
+        while time.perf_counter() < settle:
+            client.loop(timeout=0.05)
         rtts = []
         for i in range(PEER_ROUND_TRIPS):
             node = nodes[i % len(nodes)]
@@ -93,12 +94,11 @@ def _peer_round_trips(port: int, password: str, nodes: list[str]) -> list[float]
             )
             deadline = sent + 10
             while corr not in got and time.perf_counter() < deadline:
-                time.sleep(0.0005)
+                client.loop(timeout=0.01)  # this thread drives the socket: no hand-over to a loop thread
             if corr in got:
                 rtts.append(got[corr] - sent)
         return rtts
     finally:
-        client.loop_stop()
         client.disconnect()
 
 
