@@ -93,6 +93,10 @@ def test_the_page_draws_every_node_of_the_rack_in_its_row_with_state_and_power(
     playwright_api.expect(page.locator("#link")).to_have_text("live")  # type: ignore[attr-defined]
     # the token came in the fragment once: it is gone from the address bar
     assert "token" not in page.url  # type: ignore[attr-defined]
+    # the page itself is public and allows no script from anywhere but the coordinator; the stream is not
+    got = httpx.get(f"{rack.url}/")
+    assert got.status_code == 200 and "default-src 'self'" in got.headers["content-security-policy"]
+    assert httpx.get(f"{rack.url}/api/v1/stream").status_code == 401
 
 
 def test_a_nodes_led_follows_its_load_and_temperature_as_the_firmware_lights_it(
