@@ -190,9 +190,15 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.now = 0.0
         self.n = 0
         self.available = dict.fromkeys(NODES, True)
+        self.connected = dict.fromkeys(NODES, True)  # health aside: health checks may run
 
     def slots(self) -> list[NodeSlot]:
-        return [NodeSlot(n, ARCH[n], LABELS[n], *CAP[n], self.available[n]) for n in NODES]
+        return [
+            NodeSlot(
+                n, ARCH[n], LABELS[n], *CAP[n], self.available[n] and self.connected[n], self.connected[n]
+            )
+            for n in NODES
+        ]
 
     def pick(self, data: st.DataObject, active: bool) -> tuple[str, int, str] | None:
         jobs = [j for j in self.s.jobs.values() if (j.active is not None) == active and j.attempts]
@@ -207,15 +213,26 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.n += 1
         self.s.submit(f"j{self.n}", sp, self.now)
 
-    @rule(node=st.sampled_from(NODES), up=st.booleans())
-    def set_available(self, node: str, up: bool) -> None:
-        self.available[node] = up
+    @rule(node=st.sampled_from(NODES), up=st.booleans(), connected=st.booleans())
+    def set_available(self, node: str, up: bool, connected: bool) -> None:
+        self.available[node] = up  # its health is good
+        self.connected[node] = connected
+
+    @rule(node=st.sampled_from(NODES))
+    def submit_health_check(self, node: str) -> None:
+        self.n += 1
+        self.s.submit(f"j{self.n}", spec(retries=0), self.now, pin=node, check=True)
 
     @rule()
     def schedule(self) -> None:
         for action in self.s.schedule(self.slots(), self.now):
             assert isinstance(action, Dispatch)
-            assert self.available[action.node], "work given to an unavailable node"
+            job = self.s.get(action.job)
+            assert self.connected[action.node], "work given to a node whose agent is away"
+            if job.check:
+                assert action.node == job.pin, "a health check ran on another node"
+            else:
+                assert self.available[action.node], "work given to a node whose health is not good"
 
     @rule(data=st.data())
     def heartbeat(self, data: st.DataObject) -> None:
@@ -251,6 +268,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(node=st.sampled_from(NODES))
     def lose_node(self, node: str) -> None:
         self.available[node] = False
+        self.connected[node] = False
         self.s.node_lost(node, self.now, "test")
 
     @rule(data=st.data())
@@ -296,6 +314,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         if not hasattr(self, "s"):
             return
         self.available = dict.fromkeys(NODES, True)
+        self.connected = dict.fromkeys(NODES, True)
         for _ in range(60):
             self.now += LEASE
             self.s.tick(self.now)
