@@ -258,6 +258,8 @@ async def _foreground(console: Console, root: Path, n: int, timeout: float) -> i
             _record_endpoint(rack.root)
         await stop.wait()
         await server
+        _forget_endpoint(rack.root)
+        console.print(f"simulated rack in {root} stopped")
     except RackError as exc:
         console.print(f"[red]error:[/red] {exc}")
         return exits.FAILED

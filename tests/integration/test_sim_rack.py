@@ -113,6 +113,26 @@ def test_power_off_stops_the_node_and_power_on_brings_it_back(rack: Rack) -> Non
     assert after["watts"] > 0
 
 
+def test_a_nodes_power_draw_follows_the_load_of_its_job(rack: Rack) -> None:
+    idle = {n: v["watts"] for n, v in rack.status()["nodes"].items()}
+    assert all(0 < w < 4 for w in idle.values()), idle  # the profile's idle draw, give or take
+    burn = "i=0; while [ $i -lt 4000000 ]; do i=$((i+1)); done"
+    sub = rack.cli("jobs", "submit", "--name", "burn", "--timeout", "2m", "--", "sh", "-c", burn)
+    assert sub.returncode == 0, sub.stderr
+    job = sub.stdout.strip().splitlines()[-1]
+
+    def hot() -> tuple[str, float] | None:
+        shown = rack.cli("jobs", "show", job, "--json")
+        node = json.loads(shown.stdout).get("node") if shown.returncode == 0 else None
+        watts = rack.status()["nodes"][node]["watts"] if node else 0.0
+        return (node, watts) if node and watts > idle[node] + 2 else None
+
+    node, watts = wait_until(hot, 30, "the busy node's port draws more")
+    others = [v["watts"] for n, v in rack.status()["nodes"].items() if n != node]
+    assert all(w < watts - 2 for w in others), (node, watts, others)
+    rack.cli("jobs", "cancel", job)
+
+
 def test_sim_down_leaves_no_process(rack: Rack) -> None:
     status = rack.status()
     supervisor = status["pid"]
