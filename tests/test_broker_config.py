@@ -56,6 +56,7 @@ def test_acl_gives_the_coordinator_the_cluster_tree_and_confines_nodes_with_patt
         "pattern write scalerunner/v1/rack1/nodes/%u/jobs/+/log",
         "pattern write scalerunner/v1/rack1/nodes/%u/jobs/+/status",
         "pattern read scalerunner/v1/rack1/nodes/%u/cmd",
+        "pattern read scalerunner/v1/rack1/coordinator/state",
     ]
 
 
@@ -256,6 +257,8 @@ def test_dynsec_gives_each_node_a_role_of_its_literal_topics_and_denies_the_rest
         ),
         ("publishClientReceive", f"{base}/cmd"),
         ("subscribeLiteral", f"{base}/cmd"),
+        ("publishClientReceive", "scalerunner/v1/rack1/coordinator/state"),
+        ("subscribeLiteral", "scalerunner/v1/rack1/coordinator/state"),
     }
     assert ("subscribePattern", "scalerunner/v1/rack1/#") in roles["coordinator"]
     assert ("publishClientSend", "$CONTROL/dynamic-security/v1/#") in roles["coordinator"]

@@ -35,10 +35,12 @@ from .. import __version__
 from ..protocol.mqtt import (
     Capacity,
     Command,
+    CoordinatorState,
     Kind,
     NodeState,
     PayloadError,
     Reply,
+    coordinator_topic,
     decode,
     encode,
     node_topic,
@@ -226,6 +228,7 @@ class Agent:
         self.state_topic = node_topic(c.cluster, c.node, Kind.STATE)
         self.telemetry_topic = node_topic(c.cluster, c.node, Kind.TELEMETRY)
         self.cmd_topic = node_topic(c.cluster, c.node, Kind.CMD)
+        self.coordinator_topic = coordinator_topic(c.cluster)
         self.client_id = f"scalerunner-agent-{c.cluster}-{c.node}"
         self.control = Control()
         self.conn_seq: int | None = None
@@ -366,6 +369,7 @@ class Agent:
                     self._client = client
                     self._backoff.connected(time.monotonic())
                     await client.subscribe(self.cmd_topic, qos=1)
+                    await client.subscribe(self.coordinator_topic, qos=1)
                     await client.publish(self.state_topic, encode(self._state("online")), qos=1, retain=True)
                     self.connects += 1
                     self._online.set()
@@ -391,6 +395,9 @@ class Agent:
     # -- commands ---------------------------------------------------------------------------
 
     async def _on_message(self, client: aiomqtt.Client, message: aiomqtt.Message) -> None:
+        if str(message.topic) == self.coordinator_topic:
+            self._on_coordinator_state(message.payload)
+            return
         props = message.properties
         response_topic: str | None = getattr(props, "ResponseTopic", None) if props is not None else None
         corr: bytes | None = getattr(props, "CorrelationData", None) if props is not None else None
@@ -435,6 +442,20 @@ class Agent:
             await client.publish(response_topic, encode(reply), qos=1, properties=props_out)
         except ValueError as exc:  # a response topic with wildcards: paho refuses it
             control_log.warning("cannot reply to %r: %s", response_topic, exc, extra=self._extra(cmd=d.cmd))
+
+    def _on_coordinator_state(self, raw: Any) -> None:
+        """The coordinator's retained state: when it is online, the job executor (if it ran any
+        job) says again how its kept attempts ended, in case the coordinator missed it."""
+        data = bytes(raw) if isinstance(raw, bytes | bytearray) else str(raw or "").encode()
+        try:
+            state = decode(data, CoordinatorState)
+        except PayloadError as exc:
+            control_log.warning(
+                "bad coordinator state: %s", exc, extra=self._extra(topic=self.coordinator_topic)
+            )
+            return
+        if state.status == "online" and self.jobs is not None:
+            self.jobs.coordinator_online()
 
     async def _job_executor(self) -> JobExecutor:
         """The job executor, made and started on the first job command: the jobs code costs the

@@ -133,6 +133,24 @@ def test_node_never_receives_another_nodes_cmd(managed_broker: RunningBroker) ->
         _no_more(node)
 
 
+def test_node_reads_the_coordinators_state_but_may_not_write_it(managed_broker: RunningBroker) -> None:
+    """Agents follow the coordinator's retained state (a restarted coordinator is told again how
+    their recent job attempts ended), so every node may subscribe to it; nobody but the
+    coordinator writes it."""
+    b = managed_broker
+    topic = f"scalerunner/v1/{b.cluster}/coordinator/state"
+    with b.probe(b.coordinator_user) as coord, b.probe("node-a") as node:
+        coord.connect()
+        node.connect()
+        assert not coord.publish(topic, b"online", retain=True).is_failure  # 0x10: no subscriber yet
+        assert node.subscribe(topic).value == GRANTED_QOS_1
+        got = node.next_message()
+        assert (got.topic, got.payload) == (topic, b"online")
+        assert node.publish(topic, b"forged").value == NOT_AUTHORIZED
+        assert node.subscribe(f"scalerunner/v1/{b.cluster}/coordinator/#").value == NOT_AUTHORIZED
+        _no_more(node)
+
+
 def test_a_refused_subscription_gets_no_retained_message_either(managed_broker: RunningBroker) -> None:
     """The refused SUBSCRIBE leaks nothing, not even what is retained on those topics."""
     b = managed_broker

@@ -375,3 +375,26 @@ def test_the_coordinator_killed_mid_job_loses_nothing_and_runs_nothing_twice(clu
     metrics = cluster.metrics()
     assert metrics[("scalerunner_jobs_queued", ())] == 0
     assert metrics[("scalerunner_jobs_running", ())] == 0
+
+
+def test_a_job_that_ends_while_the_coordinator_is_down_is_not_run_again(cluster: JobCluster) -> None:
+    """The agent's ``finished`` reached the broker but not the coordinator (it was down, and its
+    managed broker is replaced when it starts again): the agent says it again when the new
+    coordinator announces itself, so the attempt is closed instead of waiting out its lease and
+    running a second time."""
+    for node in (A, B):
+        cluster.ready(node)
+    gate = cluster.root / "go-while-down"
+    job_id = cluster.post({"script": f"while [ ! -e {gate} ]; do sleep 0.1; done; echo ended"})
+    cluster.wait_job(job_id, "running")
+    cluster.kill_coordinator()
+    gate.touch()
+    time.sleep(2)  # the job ends and its agent reports it while no coordinator listens
+    cluster.start_coordinator()
+    job = cluster.wait_job(job_id, "succeeded", timeout=40)
+    assert [(a["number"], a["state"]) for a in job["attempts"]] == [(1, "succeeded")], job["attempts"]
+    # its log went to the old broker too: the gap that ``finished`` reveals is asked for again
+    deadline = time.monotonic() + 20
+    while (out := cluster.cli("jobs", "logs", job_id).stdout) != "ended\n" and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert out == "ended\n"

@@ -47,6 +47,9 @@ COORDINATOR_USER = "coordinator"
 # What a node may write under its own prefix, and what it may read; %u is the node's name.
 NODE_WRITES = ("state", "telemetry", "reply", "jobs/+/log", "jobs/+/status")
 NODE_READS = ("cmd",)
+# Read by every node: the coordinator's retained state (agents say again how their kept job
+# attempts ended when a coordinator comes online).
+CLUSTER_READS = ("coordinator/state",)
 
 DYNSEC_TOPIC = "$CONTROL/dynamic-security/v1"  # the plugin's control API; answers on .../response
 
@@ -198,10 +201,12 @@ def render_acl(config: MosquittoConfig) -> str:
         f"topic readwrite {p}/#",
         "",
         "# Every user is a node whose user name is its node name; %u is that name,",
-        "# one whole topic level. A node writes only under its own prefix and reads only its cmd.",
+        "# one whole topic level. A node writes only under its own prefix and reads only its cmd",
+        "# and the coordinator's state.",
     ]
     lines += [f"pattern write {p}/nodes/%u/{tail}" for tail in NODE_WRITES]
     lines += [f"pattern read {p}/nodes/%u/{tail}" for tail in NODE_READS]
+    lines += [f"pattern read {p}/{tail}" for tail in CLUSTER_READS]
     return "\n".join(lines) + "\n"
 
 
@@ -225,9 +230,10 @@ def node_acls(config: MosquittoConfig, node: str) -> list[dict[str, Any]]:
     acls: list[dict[str, Any]] = [
         {"acltype": "publishClientSend", "topic": f"{base}/{tail}", "allow": True} for tail in NODE_WRITES
     ]
-    for tail in NODE_READS:
-        acls.append({"acltype": "publishClientReceive", "topic": f"{base}/{tail}", "allow": True})
-        acls.append({"acltype": "subscribeLiteral", "topic": f"{base}/{tail}", "allow": True})
+    reads = [f"{base}/{tail}" for tail in NODE_READS] + [f"{config.prefix}/{tail}" for tail in CLUSTER_READS]
+    for topic in reads:
+        acls.append({"acltype": "publishClientReceive", "topic": topic, "allow": True})
+        acls.append({"acltype": "subscribeLiteral", "topic": topic, "allow": True})
     return acls
 
 

@@ -180,6 +180,7 @@ class Attempt:
     cancel_reason: str | None = None
     runtime_task: asyncio.Task[JobResult] | None = None
     done_at: float | None = None  # when ``finished`` was acknowledged
+    final: bytes | None = None  # the encoded ``finished`` status, said again to a restarted coordinator
 
     @property
     def key(self) -> tuple[str, int]:
@@ -278,6 +279,24 @@ class JobExecutor:
         except PayloadError as exc:
             return Reply(ok=False, error=str(exc))
         return Reply(ok=False, error=f"{command.cmd} is not a job command")
+
+    def coordinator_online(self) -> int:
+        """A coordinator announced itself (a restart, or the retained state after a reconnect): say
+        again how the kept attempts ended. The broker acknowledged those ``finished`` statuses, but
+        a coordinator that was down (or whose broker restarted with it) never got them, and would
+        otherwise wait out the lease and run the job a second time. A coordinator ignores the end
+        of an attempt it already closed. Returns how many are said again."""
+        kept = [a for a in self._attempts.values() if a.done_at is not None and a.final is not None]
+        if self._tg is None:
+            return 0
+        for att in kept:
+            assert att.final is not None
+            self._tg.create_task(
+                self._deliver(self._topic(att, Kind.JOB_STATUS), att.final), name=f"job-{att.run.job}-final"
+            )
+        if kept:
+            log.info("finished statuses said again to the coordinator", extra=self._extra(attempts=len(kept)))
+        return len(kept)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -409,7 +428,8 @@ class JobExecutor:
                 uploaded=uploaded,
                 notes=notes,
             )
-            await self._deliver(self._topic(att, Kind.JOB_STATUS), encode(status))
+            att.final = encode(status)
+            await self._deliver(self._topic(att, Kind.JOB_STATUS), att.final)
             att.done_at = self._clock()
             log.info(
                 "finished",
