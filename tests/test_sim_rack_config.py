@@ -92,3 +92,29 @@ def test_this_process_is_found_in_proc() -> None:
 
     me = procs.scan()[os.getpid()]
     assert me.ppid == os.getppid() and me.session == os.getsid(0) and me.state in "RS"
+
+
+def test_mentions_matches_whole_paths_only(tmp_path: Path) -> None:
+    import subprocess
+
+    rack = tmp_path / "rack"
+    (tmp_path / "rack2").mkdir()
+    (rack / "nodes" / "sim-01").mkdir(parents=True)
+
+    def start(*args: str, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(["sh", "-c", "sleep 30", "sh", *args], cwd=cwd)
+
+    procs_ = [
+        start(f"--dir={rack}"),
+        start(str(rack / "state" / "x.conf")),
+        start(str(tmp_path / "rack2")),
+        start(cwd=tmp_path / "rack2"),
+        start(cwd=rack / "nodes" / "sim-01"),  # a job of an agent whose supervisor died
+        start(cwd=rack),  # a user's shell in the rack's directory is not the rack's
+    ]
+    try:
+        assert [procs.mentions(p.pid, rack) for p in procs_] == [True, True, False, False, True, False]
+    finally:
+        for p in procs_:
+            p.kill()
+            p.wait()

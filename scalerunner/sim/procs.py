@@ -74,7 +74,9 @@ def mentions(pid: int, where: Path) -> bool:
         argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
         return False
-    return any(base in a.decode(errors="replace") for a in argv)
+    # whole paths only: /x/rack must not match /x/rack2
+    parts = (p for a in argv for p in a.decode(errors="replace").split("="))
+    return any(p == base or p.startswith(base + "/") for p in parts)
 
 
 def leftovers(session: int | None, where: Path) -> list[int]:
