@@ -118,3 +118,24 @@ def test_mentions_matches_whole_paths_only(tmp_path: Path) -> None:
         for p in procs_:
             p.kill()
             p.wait()
+
+
+def test_a_new_rack_clears_what_the_last_one_left_and_refuses_a_foreign_inventory(tmp_path: Path) -> None:
+    from scalerunner.sim.rack import RackError, SimRack
+
+    rack = SimRack(tmp_path, 2)
+    specs = node_specs(1, ["/dev/pts/1"], ["/dev/pts/2"])
+    (tmp_path / "scalerunner.toml").write_text(inventory_text(specs, "amd64", 161))
+    for path in ("state/store.db", "nodes/sim-01/agent.log", "status.json", "api.json"):
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("old")
+    (tmp_path / "notes.txt").write_text("mine")
+    rack._fresh_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+    (tmp_path / "scalerunner.toml").write_text('[cluster]\nname = "lab"\n')
+    with pytest.raises(
+        RackError, match=r"scalerunner\.toml: an inventory `scalerunner sim up` did not write"
+    ):
+        rack._fresh_dir()
+    assert (tmp_path / "scalerunner.toml").exists()

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,7 +31,7 @@ from . import procs
 from .node import Pty, SimNode
 from .poe_model import PoeSwitchModel
 from .poe_switch import SimPoeSwitch
-from .rack_config import COMMUNITY, SWITCH, agent_text, inventory_text, node_specs
+from .rack_config import COMMUNITY, MARK, SWITCH, agent_text, inventory_text, node_specs
 
 log = logging.getLogger("scalerunner.sim.rack")
 
@@ -90,7 +91,7 @@ class SimRack:
         agent_bin = str(Path(sys.executable).with_name("scalerunner-agent"))
         if not os.access(agent_bin, os.X_OK):
             raise RackError(f"{agent_bin}: the node agent is not installed beside {sys.executable}")
-        self.root.mkdir(parents=True, exist_ok=True)
+        self._fresh_dir()
 
         led = [Pty.open() for _ in range(self.n)]
         bmc = [Pty.open() for _ in range(self.n)]
@@ -176,6 +177,20 @@ class SimRack:
         with contextlib.suppress(OSError):
             self._write_status()
 
+    def _fresh_dir(self) -> None:
+        """Every `sim up` is a new rack (new ptys, new ports): what an earlier one left in the
+        directory (its store, broker files, node logs) goes, so no stale node state or job shows.
+        A directory holding an inventory sim up did not write is refused, not emptied."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        if self.inventory_path.exists() and not self.inventory_path.read_text().startswith(MARK):
+            raise RackError(
+                f"{self.inventory_path}: an inventory `scalerunner sim up` did not write; use another --dir"
+            )
+        for sub in ("state", "nodes"):
+            shutil.rmtree(self.root / sub, ignore_errors=True)
+        for name in ("status.json", "api.json", "scalerunner.toml"):
+            (self.root / name).unlink(missing_ok=True)
+
     # ------------------------------------------------------------------ what happens while it runs
 
     async def _port_changed(self, port: int, on: bool) -> None:
@@ -238,9 +253,12 @@ class SimRack:
 
     def snapshot(self) -> dict[str, Any]:
         states: dict[str, str] = {}
+        connected: set[str] = set()
         if self.coordinator is not None:
             for rec_name, rec in self.coordinator.nodes.records.items():
                 states[rec_name] = rec.state.value
+                if rec.conn_online:
+                    connected.add(rec_name)
         nodes = {}
         for name, node in self.nodes.items():
             nodes[name] = {
@@ -255,7 +273,10 @@ class SimRack:
                 "bmc_port": node.spec.bmc_port,
                 "led_port": node.spec.led_port,
             }
-        online = sum(v["state"] in ONLINE for v in nodes.values())
+        # online: powered here, its agent connected, and the lifecycle agrees
+        online = sum(
+            states.get(n) in ONLINE and node.powered and n in connected for n, node in self.nodes.items()
+        )
         return {
             "pid": os.getpid(),
             "phase": "up" if self.phase == "booting" and online == self.n else self.phase,

@@ -11,6 +11,7 @@ ROW = 14  # Scalenodes per rack row (positions 1..14)
 CLUSTER = "sim"
 SWITCH = "sim-sw"
 COMMUNITY = "private"
+MARK = "# Written by `scalerunner sim up`"  # the inventory's first line: a directory sim up may reuse
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,7 @@ def inventory_text(specs: list[SimNodeSpec], arch: str, switch_port: int) -> str
     """The inventory: one simulated switch (ports 1..N for the nodes, N+1 the uplink), N nodes."""
     uplink = len(specs) + 1
     out = [
-        f"# Written by `scalerunner sim up`; removed by `scalerunner sim down`.\n"
+        f"{MARK}; replaced by the next one.\n"
         f'[cluster]\nname = {_q(CLUSTER)}\n\n[api]\nlisten = "127.0.0.1:0"\n\n'
         # A whole rack boots at once on two cores: give it time before recovery power-cycles it.
         "[timeouts]\nboot_timeout = 180\ntelemetry_timeout = 10\n\n"
