@@ -1,4 +1,5 @@
-"""`scalerunner sim ...`: the software twin's devices, run standalone (docs/switches.md)."""
+"""`scalerunner sim ...`: the software twin: a simulated PoE switch run standalone (docs/switches.md) and
+a whole simulated rack, `sim up/down/status` (docs/sim.md)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 
 @click.group()
 def sim() -> None:
-    """Simulated devices that speak the real protocols (a PoE switch over SNMP, ...)."""
+    """Simulated devices that speak the real protocols: a PoE switch over SNMP, a whole rack."""
 
 
 def _listen(value: str) -> tuple[str, int]:
