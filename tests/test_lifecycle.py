@@ -4,6 +4,7 @@ as a property, and a stateful exploration that checks the machine's invariants a
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -936,3 +937,14 @@ test_lifecycle_machine = LifecycleMachine.TestCase
 
 def test_module_exports_what_it_documents() -> None:
     assert set(lc.__all__) <= set(dir(lc))
+
+
+def test_a_node_nothing_can_power_cycle_gets_its_fault_recorded_but_no_recovery() -> None:
+    run = Run(replace(new_node("n1", health=Health.GOOD, reason="test"), power_control=False))
+    run(PowerOn(at=0))
+    run(online(10))
+    run(Telemetry(at=11))
+    t, actions = run(Tick(at=41))
+    assert [(x.axis, x.new) for x in t] == [("health", "unknown"), ("state", "offline")]
+    assert t[1].reason.endswith("not recovered: nothing can power-cycle it") and actions == []
+    assert run.node.recovery_at is None and next_deadline(run.node, CFG) is None

@@ -133,7 +133,9 @@ class NodeRecord:
     coordinator's MQTT connection is down, so nothing is judged by silence; ``link_up_at``: when it
     last came back (silence counts from then at the earliest). ``lost``: this outage of the node was
     already judged an infrastructure fault (so a silent, un-drained node is recovered once per
-    outage, not on every tick); cleared when its agent comes online again.
+    outage, not on every tick); cleared when its agent comes online again. ``power_control``:
+    something can switch the node's power (a switch port or a BMC in the inventory); without it a
+    fault is recorded but no recovery power-cycle is ordered (it could not be carried out).
     """
 
     name: str
@@ -160,6 +162,7 @@ class NodeRecord:
     link_down: bool = False
     link_up_at: float | None = None
     lost: bool = False
+    power_control: bool = True
 
 
 def new_node(
@@ -658,6 +661,8 @@ def _fault(s: _Step, cause: str, config: LifecycleConfig) -> None:
     n = s.node
     if not may_recover(n.health):
         s.move(NodeLifecycle.OFFLINE, f"{cause}; not recovered: health is {n.health.value}")
+    elif not n.power_control:
+        s.move(NodeLifecycle.OFFLINE, f"{cause}; not recovered: nothing can power-cycle it")
     elif n.recoveries >= config.max_recoveries:
         reason = f"{cause}; gave up after {n.recoveries} recovery power-cycles"
         s.move(NodeLifecycle.FAILED, reason, failure=reason)

@@ -109,9 +109,13 @@ class NodeManager:
         now = self.clock()
         for node in self.inventory.nodes:
             row = stored.get(node.name)
+            # The inventory, not the store, says whether anything can switch the node's power.
+            control = (node.switch is not None and node.port is not None) or node.bmc_port is not None
             if row is not None:
                 # The link starts up: LinkDown/LinkUp come from this run's MQTT link.
-                rec = dataclasses.replace(from_store(row), link_down=False, link_up_at=None)
+                rec = dataclasses.replace(
+                    from_store(row), link_down=False, link_up_at=None, power_control=control
+                )
                 if rec.state in lc.CONNECTED:
                     # Nothing was heard while the coordinator was down: count a connected node's
                     # silence from this start, or a restart would declare every node lost (and
@@ -119,7 +123,7 @@ class NodeManager:
                     rec = dataclasses.replace(rec, online_at=max(rec.online_at or 0.0, now))
                 self.records[node.name] = rec
             else:
-                rec = lc.new_node(node.name, now)
+                rec = dataclasses.replace(lc.new_node(node.name, now), power_control=control)
                 self.records[node.name] = rec
                 await self.store.apply(
                     to_store(rec),
