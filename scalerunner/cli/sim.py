@@ -226,6 +226,7 @@ def _summary(console: Console, s: dict[str, Any], root: Path, detached: bool) ->
 
 
 async def _foreground(console: Console, root: Path, n: int, timeout: float) -> int:
+    from ..coordinator.errors import BrokerError, ConfigError, StoreError
     from ..sim.rack import RackError, SimRack
     from ..sim.supervisor import serve
 
@@ -261,7 +262,7 @@ async def _foreground(console: Console, root: Path, n: int, timeout: float) -> i
         await server
         _forget_endpoint(rack.root)
         console.print(f"simulated rack in {root} stopped")
-    except RackError as exc:
+    except (RackError, ConfigError, BrokerError, StoreError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         return exits.FAILED
     finally:
@@ -335,6 +336,7 @@ def _detached(console: Console, root: Path, n: int, timeout: float) -> int:
 
 
 def _supervise(root: Path, n: int) -> int:
+    from ..coordinator.errors import BrokerError, ConfigError, StoreError
     from ..sim.rack import RackError, SimRack
     from ..sim.supervisor import serve
 
@@ -349,7 +351,8 @@ def _supervise(root: Path, n: int) -> int:
 
     try:
         asyncio.run(main())
-    except RackError as exc:
+    except (RackError, ConfigError, BrokerError, StoreError) as exc:
+        # the last line of sim.log, which `sim up --detach` shows: the part that failed and why
         logging.getLogger("scalerunner.sim").error("rack failed: %s", exc)
         return exits.FAILED
     return exits.OK

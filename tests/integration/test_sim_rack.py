@@ -83,6 +83,11 @@ def test_a_rack_comes_up_with_every_node_online(rack: Rack) -> None:
     # each node runs an agent and two firmwares; the agent drives its LED firmware over the relayed pty
     for v in rack.status()["nodes"].values():
         assert len(v["pids"]) == 3 and all(alive(p) for p in v["pids"])
+    # one rack per directory: a second `sim up` there is refused and says how to stop the first
+    again = rack.cli("sim", "up", "--nodes", "1", "--dir", "rack")
+    assert again.returncode == 2 and "already runs" in again.stderr and "sim down --dir rack" in again.stderr
+    brief = rack.cli("sim", "status", "--dir", "rack", "--brief")
+    assert brief.returncode == 0 and "3/3 online" in brief.stdout and "#token=" in brief.stdout
     led = (rack.dir / "nodes" / "sim-01" / "agent.log").read_text()
     assert "LED indicator driven" in led
     # the BMC firmware answers on the inventory's bmc_port, as a real BMC would
