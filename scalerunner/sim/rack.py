@@ -121,17 +121,17 @@ class SimRack:
             source=str(self.inventory_path),
         )
         await self.coordinator.start()
-        from ..cli.client import write_endpoint
-
-        write_endpoint(self.coordinator.api_url, self.coordinator.token, self.root)
+        # where the CLI finds this coordinator (the layout of cli/client.py's api.json), owner-only
+        endpoint = {"url": self.coordinator.api_url, "token": self.coordinator.token}
+        atomic_write(self.root / "api.json", json.dumps(endpoint).encode())
 
         broker_port = self.coordinator.broker.access().port
         for i, s in enumerate(specs):
             workdir = self.root / "nodes" / s.name
             workdir.mkdir(parents=True, exist_ok=True)
             cfg = workdir / "agent.toml"
-            cfg.write_text(agent_text(s, broker_port, self.coordinator.broker.node_password(s.name), workdir))
-            cfg.chmod(0o600)
+            password = self.coordinator.broker.node_password(s.name)
+            atomic_write(cfg, agent_text(s, broker_port, password, workdir).encode())  # 0600: a password
             node = SimNode(
                 s,
                 led_host=led[i],
@@ -166,13 +166,18 @@ class SimRack:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        await asyncio.gather(*(node.close() for node in self.nodes.values()))
-        if self.coordinator is not None:
-            await self.coordinator.stop()
-        if self.switch is not None:
-            await self.switch.stop()
-        for pty in self._host_ptys:
-            pty.close()
+        try:
+            closed = await asyncio.gather(*(n.close() for n in self.nodes.values()), return_exceptions=True)
+            for name, result in zip(self.nodes, closed, strict=True):
+                if isinstance(result, BaseException):
+                    log.error("node did not stop cleanly", exc_info=result, extra={"node": name})
+            if self.coordinator is not None:
+                await self.coordinator.stop()
+        finally:  # the switch and the cables go whatever failed before
+            if self.switch is not None:
+                await self.switch.stop()
+            for pty in self._host_ptys:
+                pty.close()
         self.phase = "stopped"
         with contextlib.suppress(OSError):
             self._write_status()
