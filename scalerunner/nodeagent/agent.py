@@ -477,6 +477,8 @@ class Agent:
                 images=ImageStore(c.image_dir or c.state_dir / "images", insecure=c.insecure_registries),
                 clock=self._clock,
                 keep_s=c.job_keep_logs,
+                bench_backend=c.bench_backend,
+                bench_boards=c.bench_boards,
             )
             await jobs.start()
             self.jobs = jobs

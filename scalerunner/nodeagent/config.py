@@ -19,7 +19,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import msgspec
@@ -84,6 +84,8 @@ class AgentConfig:
     job_keep_logs: float = 3600.0  # [jobs] keep_logs: seconds a finished attempt's log stays resendable
     image_dir: Path | None = None  # [jobs] images: the unpacked image cache; None: <state_dir>/images
     insecure_registries: tuple[str, ...] = ()  # [jobs] insecure_registries: host:port reached over plain HTTP
+    bench_backend: str = "gpiod"  # [jobs] bench: the pin back end of HIL jobs (gpiod, or sim without boards)
+    bench_boards: Path | None = None  # [jobs] bench_boards: this node's boards; None: hardware/boards
 
 
 # -- the file's layout, validated by msgspec ---------------------------------------------
@@ -121,6 +123,8 @@ class _Jobs(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     keep_logs: Annotated[float, msgspec.Meta(ge=0, le=30 * 86400)] = 3600.0
     images: Annotated[str, msgspec.Meta(min_length=1)] | None = None
     insecure_registries: list[Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9.-]+(:[0-9]{1,5})?$")]] = []
+    bench: Literal["gpiod", "sim"] = "gpiod"
+    bench_boards: Annotated[str, msgspec.Meta(min_length=1)] | None = None
 
 
 class _File(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -307,6 +311,8 @@ def _from_mapping(data: Mapping[str, Any], *, source: str, boot: BootParams, bas
         job_keep_logs=f.jobs.keep_logs,
         image_dir=path(f.jobs.images),
         insecure_registries=tuple(f.jobs.insecure_registries),
+        bench_backend=f.jobs.bench,
+        bench_boards=path(f.jobs.bench_boards),
     )
 
 

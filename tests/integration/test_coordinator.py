@@ -129,6 +129,7 @@ class Cluster:
         self.stopped_agents: list[subprocess.Popen[bytes]] = []
         self.url = ""
         self.token = ""
+        self.agent_extra = ""  # more TOML at the end of every agent's config
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -183,7 +184,7 @@ class Cluster:
             f'cluster = "{CLUSTER}"\nnode = "{node}"\nlabels = ["kvm"]\nstate_dir = "."\n'
             f'[broker]\nhost = "127.0.0.1"\nport = {self.broker_port()}\npassword = "{self.password(node)}"\n'
             f"keepalive = {KEEPALIVE}\nreconnect_min = 0.1\nreconnect_max = 0.5\n"
-            f"[telemetry]\ninterval = {INTERVAL}\n"
+            f"[telemetry]\ninterval = {INTERVAL}\n{self.agent_extra}"
         )
         with (self.root / f"agent-{node}.log").open("ab") as log:
             proc = subprocess.Popen(

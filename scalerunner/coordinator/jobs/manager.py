@@ -39,6 +39,7 @@ from ...protocol.mqtt import (
     MAX_RESEND,
     CancelJob,
     Command,
+    HilRun,
     JobStatus,
     LogChunk,
     Reply,
@@ -628,6 +629,7 @@ class JobManager:
             lease_s=d.lease_s,
             upload_url=f"{self.api_url()}/api/v1/jobs/{d.job}/attempts/{d.attempt}/artifacts",
             upload_token=self.upload_token(d.job, d.attempt),
+            hil=None if d.spec.hil is None else msgspec.convert(msgspec.to_builtins(d.spec.hil), HilRun),
         )
         why = ""
         if self.send_command is None:

@@ -52,6 +52,7 @@ class HilSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     board: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
     bitstream: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
     checks: list[dict[str, Any]] = []
+    sim: dict[str, Any] | None = None  # the checks file's [sim] table, for a node with the sim bench
 
 
 class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -149,6 +150,8 @@ def spec_from_mapping(data: Any, source: str = "request") -> JobSpec:
         problem = _check_artifact(path)
         if problem:
             raise JobSpecError(source, f"artifacts[{i}]", f"{path!r} {problem}")
+    if spec.hil is not None and (problem := _check_artifact(spec.hil.bitstream)):
+        raise JobSpecError(source, "hil.bitstream", f"{spec.hil.bitstream!r} {problem}")
     return spec
 
 

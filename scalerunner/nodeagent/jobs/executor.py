@@ -32,6 +32,7 @@ from ...protocol.mqtt import (
     CancelJob,
     Capacity,
     Command,
+    HilRun,
     JobStatus,
     JobSummary,
     Kind,
@@ -43,8 +44,8 @@ from ...protocol.mqtt import (
     encode,
     job_topic,
 )
-from ..runtime.base import JobResult, JobRun, Runtime, RuntimeFault, Stream
-from . import artifacts
+from ..runtime.base import JobEnd, JobResult, JobRun, OutputSink, Runtime, RuntimeFault, Stream
+from . import artifacts, hil
 from .spool import LogSpool
 
 if TYPE_CHECKING:
@@ -60,6 +61,7 @@ PUBLISH_TIMEOUT_S = 5.0
 KEEP_S = 3600.0  # how long a finished attempt's log spool answers resend_log
 MAX_KEPT = 32  # finished attempts kept at most, oldest dropped first
 UPLOAD_TIMEOUT_S = 300.0
+TIMEOUT_EXIT = 124  # like the runtimes' (timeout(1)'s)
 ATTEMPT_DIR = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?-[0-9]+\Z")  # {job}-{attempt}
 
 
@@ -151,8 +153,8 @@ def finished_status(
         log_chunks=log_chunks,
         end="fault",
     )
-    if fault is not None:
-        return msgspec.structs.replace(status, detail=fault)
+    if fault is not None:  # a bench fault still brings its JUnit report
+        return msgspec.structs.replace(status, detail=fault, artifacts=list(uploaded))
     if cancelled is not None or result is None:
         return msgspec.structs.replace(
             status, end="cancelled", detail=f"cancelled: {cancelled}" if cancelled else "cancelled"
@@ -203,6 +205,8 @@ class JobExecutor:
         images: ImageSource | None = None,
         clock: Callable[[], float] = time.time,
         keep_s: float = KEEP_S,
+        bench_backend: str = "gpiod",
+        bench_boards: Path | None = None,
     ) -> None:
         self.cluster, self.node = cluster, node
         self.runtime = runtime
@@ -213,6 +217,8 @@ class JobExecutor:
         self._images = images
         self._clock = clock
         self._keep_s = keep_s
+        self._bench_backend = bench_backend  # the pin back end of HIL jobs' bench checks
+        self._bench_boards = bench_boards  # None: the boards shipped in hardware/boards
         self._attempts: dict[tuple[str, int], Attempt] = {}
         self._tg: asyncio.TaskGroup | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -387,12 +393,19 @@ class JobExecutor:
         beat = asyncio.create_task(self._heartbeat(att), name=f"job-{run.job}-heartbeat")
         result: JobResult | None = None
         fault: str | None = None
+        uploaded: list[str] = []
+        notes: list[str] = []
         try:
             att.runtime_task = asyncio.create_task(self._execute(att), name=f"job-{run.job}-run")
             if att.cancel_reason is not None:  # cancelled before this task got to run
                 att.runtime_task.cancel()
             try:
                 result = await att.runtime_task
+            except hil.BenchRunFault as exc:  # retried elsewhere, but the JUnit report comes back
+                fault = str(exc)
+                log.error("bench fault: %s", exc, extra=self._extra(**ids))
+                with contextlib.suppress(Exception):
+                    uploaded, notes = await self._collect(att)
             except RuntimeFault as exc:
                 fault = str(exc)
                 log.error("runtime fault: %s", exc, extra=self._extra(**ids))
@@ -407,8 +420,6 @@ class JobExecutor:
             att.running = False
             att.spool.close()
             att.wake.set()
-            uploaded: list[str] = []
-            notes: list[str] = []
             if result is not None and att.cancel_reason is None:
                 try:
                     uploaded, notes = await self._collect(att)
@@ -472,13 +483,37 @@ class JobExecutor:
             att.spool.feed(stream, data)
             att.wake.set()
 
-        return await self.runtime.run(job, sink)
+        started = time.monotonic()
+        result = await self.runtime.run(job, sink)
+        if run.hil is None or result.end is not JobEnd.EXITED or result.exit_code != 0:
+            return result  # the command failed: no bitstream to check
+        return await self._bench(att, run.hil, sink, run.timeout_s - (time.monotonic() - started))
+
+    async def _bench(self, att: Attempt, spec: HilRun, sink: OutputSink, left_s: float) -> JobResult:
+        """The bench check after a HIL job's command: its exit code is the job's (hil.py)."""
+        run = att.run
+        try:
+            async with asyncio.timeout(max(left_s, 0.0)):
+                return await hil.run_bench(
+                    run.job,
+                    spec,
+                    att.dir / "work",
+                    sink,
+                    backend=self._bench_backend,
+                    boards_dir=self._bench_boards,
+                )
+        except hil.HilError as exc:  # the job's own fault (a bitstream it did not make): no retry
+            sink("stderr", f"error: {exc}\n".encode())
+            return JobResult(JobEnd.EXITED, 1, str(exc))
+        except TimeoutError:
+            why = f"timeout of {run.timeout_s:g} s reached in the bench check"
+            return JobResult(JobEnd.TIMEOUT, TIMEOUT_EXIT, why)
 
     async def _collect(self, att: Attempt) -> tuple[list[str], list[str]]:
         run = att.run
-        if not run.artifacts:
+        if not run.artifacts and run.hil is None:
             return [], []
-        sel = artifacts.select(att.dir / "work", list(run.artifacts))
+        sel = artifacts.select(att.dir / "work", [*run.artifacts, *([hil.JUNIT_FILE] if run.hil else [])])
         notes = list(sel.problems)
         uploaded: list[str] = []
         if sel.artifacts and not run.upload_url:

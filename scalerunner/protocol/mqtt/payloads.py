@@ -103,6 +103,17 @@ MAX_RESEND = 1024  # chunk numbers per resend_log request
 EnvName = Annotated[str, msgspec.Meta(pattern=r"\A[A-Za-z_][A-Za-z0-9_]{0,127}\Z")]
 
 
+class HilRun(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """A run's hardware-in-the-loop part, as the job spec keeps it: after the job's command the node
+    runs ``scalerunner-bench check`` on ``board`` with ``bitstream`` (relative to the job's work
+    directory) and ``checks`` (the checks file's ``[[checks]]`` tables; ``sim`` its ``[sim]`` table)."""
+
+    board: Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+    bitstream: Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+    checks: list[dict[str, Any]] = []
+    sim: dict[str, Any] | None = None
+
+
 class RunJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     """args of the ``run`` command: one attempt of one job. Exactly one of ``argv``/``script``.
 
@@ -126,6 +137,7 @@ class RunJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     lease_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
     upload_url: str = ""
     upload_token: str = ""
+    hil: HilRun | None = None  # a bench check after the command (docs/bench.md)
 
     def __post_init__(self) -> None:
         # msgspec turns a ValueError here into a ValidationError naming the payload

@@ -1,0 +1,96 @@
+"""A HIL job end to end: `scalerunner up` and a `scalerunner-agent` whose node has the board
+(label ``hil:arty_a7_35t``) and the ``sim`` bench back end. The job's command fetches the
+shipped counter design into its work directory; the agent then runs the bench's checks on it in
+Icarus Verilog. The good design succeeds with a passing JUnit report as an artifact; the broken
+one fails (exit 1) and its report says what was expected and what was seen.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scalerunner.nodeagent.jobs.hil import JUNIT_FILE
+from tests.integration.test_coordinator import N1, Cluster, wait_until
+
+pytestmark = pytest.mark.slow
+
+DESIGNS = Path(__file__).resolve().parents[2] / "hardware" / "designs"
+BOARD = "arty_a7_35t"
+
+
+class HilCluster(Cluster):
+    """N1 has the board on its bench and checks with the simulator."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        text = self.inventory.read_text()
+        old = 'labels = ["kvm", "pool=ci"]'
+        assert old in text
+        self.inventory.write_text(text.replace(old, f'labels = ["kvm", "pool=ci", "hil:{BOARD}"]', 1))
+        self.agent_extra = '[jobs]\nbench = "sim"\n'
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    c = HilCluster(tmp_path)
+    try:
+        c.start_coordinator()
+        c.start_agent(N1)
+        c.wait_state(N1, "idle", timeout=20)
+        done = c.cli("nodes", "health", N1, "good", "--reason", "test")
+        assert done.returncode == 0, done.stderr
+        yield c
+    finally:
+        c.close()
+
+
+def _spec(design: str) -> dict[str, Any]:
+    checks = tomllib.loads((DESIGNS / "counter" / "checks.toml").read_text())
+    src = DESIGNS / "counter" / f"{design}.v"
+    return {
+        "name": design.replace("_", "-"),
+        "command": ["cp", str(src), "."],  # the job fetches (or builds) the bitstream
+        "hil": {"board": BOARD, "bitstream": f"{design}.v", "checks": checks["checks"], "sim": checks["sim"]},
+        "retries": 0,
+        "timeout": 60,
+    }
+
+
+def _run(cluster: Cluster, design: str) -> tuple[dict[str, Any], str, ET.Element]:
+    r = cluster.api("POST", "/api/v1/jobs", json=_spec(design))
+    assert r.status_code == 201, r.text
+    job_id = r.json()["id"]
+
+    def ended() -> dict[str, Any] | None:
+        view: dict[str, Any] = cluster.api("GET", f"/api/v1/jobs/{job_id}").json()
+        return view if view["state"] in ("succeeded", "failed", "timed_out", "cancelled") else None
+
+    view = wait_until(ended, 30, f"job {job_id} ends")
+    chunks = cluster.api("GET", f"/api/v1/jobs/{job_id}/log").json()["chunks"]
+    log = "".join(c["data"] for c in chunks)
+    arts = cluster.api("GET", f"/api/v1/jobs/{job_id}/artifacts").json()
+    assert [a["name"] for a in arts] == [JUNIT_FILE], (arts, log, view, log)
+    got = cluster.api("GET", f"/api/v1/jobs/{job_id}/artifacts/{JUNIT_FILE}")
+    assert got.status_code == 200, got.text
+    return view, log, ET.fromstring(got.content)
+
+
+def test_a_hil_job_checks_its_bitstream_and_brings_the_junit_report_back(cluster: Cluster) -> None:
+    view, log, junit = _run(cluster, "counter")
+    assert (view["state"], view["exit_code"], view["node"]) == ("succeeded", 0, N1), (view, log)
+    cases = junit.findall("testcase")
+    assert [c.get("name") for c in cases] == ["led0 blinks at 5.96 Hz", "LEDs count up in binary"]
+    assert all(c.find("failure") is None and c.find("error") is None for c in cases), log
+    assert "bench checks on arty_a7_35t" in log  # the bench's results table is in the job's log
+
+    view, log, junit = _run(cluster, "counter_broken")
+    assert (view["state"], view["exit_code"]) == ("failed", 1), (view, log)
+    failures = [f.get("message", "") for f in junit.iter("failure")]
+    assert any("expected led3 led2 led1 led0 to count up in binary" in m and "saw" in m for m in failures)
+    assert "FAIL arty_a7_35t: LEDs count up in binary: expected" in log
