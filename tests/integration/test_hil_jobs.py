@@ -22,6 +22,7 @@ pytestmark = pytest.mark.slow
 
 DESIGNS = Path(__file__).resolve().parents[2] / "hardware" / "designs"
 BOARD = "arty_a7_35t"
+GONE = "tangnano20k"  # labelled on the node, but no board file: the bench cannot check on it
 
 
 class HilCluster(Cluster):
@@ -32,7 +33,9 @@ class HilCluster(Cluster):
         text = self.inventory.read_text()
         old = 'labels = ["kvm", "pool=ci"]'
         assert old in text
-        self.inventory.write_text(text.replace(old, f'labels = ["kvm", "pool=ci", "hil:{BOARD}"]', 1))
+        self.inventory.write_text(
+            text.replace(old, f'labels = ["kvm", "pool=ci", "hil:{BOARD}", "hil:{GONE}"]', 1)
+        )
         self.agent_extra = '[jobs]\nbench = "sim"\n'
 
 
@@ -50,20 +53,20 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.close()
 
 
-def _spec(design: str) -> dict[str, Any]:
+def _spec(design: str, board: str = BOARD) -> dict[str, Any]:
     checks = tomllib.loads((DESIGNS / "counter" / "checks.toml").read_text())
     src = DESIGNS / "counter" / f"{design}.v"
     return {
         "name": design.replace("_", "-"),
         "command": ["cp", str(src), "."],  # the job fetches (or builds) the bitstream
-        "hil": {"board": BOARD, "bitstream": f"{design}.v", "checks": checks["checks"], "sim": checks["sim"]},
+        "hil": {"board": board, "bitstream": f"{design}.v", "checks": checks["checks"], "sim": checks["sim"]},
         "retries": 0,
         "timeout": 60,
     }
 
 
-def _run(cluster: Cluster, design: str) -> tuple[dict[str, Any], str, ET.Element]:
-    r = cluster.api("POST", "/api/v1/jobs", json=_spec(design))
+def _run(cluster: Cluster, design: str, board: str = BOARD) -> tuple[dict[str, Any], str, ET.Element]:
+    r = cluster.api("POST", "/api/v1/jobs", json=_spec(design, board))
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
 
@@ -94,3 +97,13 @@ def test_a_hil_job_checks_its_bitstream_and_brings_the_junit_report_back(cluster
     failures = [f.get("message", "") for f in junit.iter("failure")]
     assert any("expected led3 led2 led1 led0 to count up in binary" in m and "saw" in m for m in failures)
     assert "FAIL arty_a7_35t: LEDs count up in binary: expected" in log
+
+
+def test_a_bench_fault_is_the_node_s_fault_and_still_brings_the_report(cluster: Cluster) -> None:
+    view, log, junit = _run(cluster, "counter", GONE)
+    # a fault counts against retries (0 here), like a runtime fault: never a design's failure
+    assert view["state"] == "failed" and view["exit_code"] is None, (view, log)
+    attempt = view["attempts"][0]
+    assert attempt["state"] == "lost" and "bench fault on tangnano20k" in attempt["reason"], view
+    assert f"no board {GONE!r}" in log
+    assert len(list(junit.iter("error"))) == 1
