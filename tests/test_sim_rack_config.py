@@ -50,7 +50,12 @@ def test_the_agent_config_loads_with_the_process_runtime_and_the_led(tmp_path: P
     path.write_text(agent_text(spec, 18830, "s3cret", tmp_path))
     cfg = load_config(path)
     assert (cfg.node, cfg.broker_port, cfg.password) == ("sim-01", 18830, "s3cret")
-    assert cfg.led_serial == '/dev/pts/"8' and cfg.job_runtime == "process" and cfg.state_dir == tmp_path
+    assert (
+        cfg.led_serial == '/dev/pts/"8'
+        and cfg.job_runtime == "process"
+        and cfg.bench_backend == "sim"
+        and cfg.state_dir == tmp_path
+    )
 
 
 comm = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\0\n"), max_size=15)

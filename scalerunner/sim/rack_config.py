@@ -77,11 +77,11 @@ def inventory_text(specs: list[SimNodeSpec], arch: str, switch_port: int) -> str
 
 
 def agent_text(spec: SimNodeSpec, broker_port: int, password: str, state_dir: Path) -> str:
-    """The node agent's configuration: the process runtime, the LED on its pty, one job slot."""
+    """The node agent's config: the process runtime, the sim bench, the LED on its pty, one job slot."""
     return (
         f'cluster = {_q(CLUSTER)}\nnode = {_q(spec.name)}\nlabels = ["sim"]\n'
         f"state_dir = {_q(str(state_dir))}\nled_serial = {_q(spec.led_port)}\n\n"
         f'[broker]\nhost = "127.0.0.1"\nport = {broker_port}\npassword = {_q(password)}\nkeepalive = 5\n\n'
         "[telemetry]\ninterval = 2.0\n\n[capacity]\ncpus = 1\nslots = 1\n\n"
-        '[jobs]\nruntime = "process"\n'
+        '[jobs]\nruntime = "process"\nbench = "sim"  # no FPGA boards here: HIL checks in Icarus Verilog\n'
     )
