@@ -15,6 +15,7 @@ from scalerunner.protocol.mqtt import (
     MAX_PAYLOAD,
     CancelJob,
     Command,
+    HilRun,
     JobStatus,
     LogChunk,
     PayloadError,
@@ -44,6 +45,17 @@ runs = st.builds(
     lease_s=st.floats(1, 600),
     upload_url=st.just("http://127.0.0.1:8080/api/v1/jobs/j/attempts/1/artifacts"),
     upload_token=st.text(alphabet="0123456789abcdef", min_size=32, max_size=32),
+    hil=st.none()
+    | st.builds(
+        HilRun,
+        board=st.sampled_from(["arty_a7_35t", "icebreaker"]),
+        bitstream=st.text(min_size=1, max_size=30),
+        checks=st.lists(
+            st.dictionaries(st.text(max_size=8), st.integers() | st.text(max_size=8) | st.floats(0, 1e6)),
+            max_size=3,
+        ),
+        sim=st.none() | st.just({"parameters": {"PRESCALE": 5}, "time_scale": 262144}),
+    ),
 )
 
 
