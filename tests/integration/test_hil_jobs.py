@@ -53,20 +53,21 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         c.close()
 
 
-def _spec(design: str, board: str = BOARD) -> dict[str, Any]:
+def _spec(design: str, board: str = BOARD, command: list[str] | None = None) -> dict[str, Any]:
     checks = tomllib.loads((DESIGNS / "counter" / "checks.toml").read_text())
     src = DESIGNS / "counter" / f"{design}.v"
     return {
         "name": design.replace("_", "-"),
-        "command": ["cp", str(src), "."],  # the job fetches (or builds) the bitstream
+        "command": command or ["cp", str(src), "."],  # the job fetches (or builds) the bitstream
         "hil": {"board": board, "bitstream": f"{design}.v", "checks": checks["checks"], "sim": checks["sim"]},
         "retries": 0,
         "timeout": 60,
     }
 
 
-def _run(cluster: Cluster, design: str, board: str = BOARD) -> tuple[dict[str, Any], str, ET.Element]:
-    r = cluster.api("POST", "/api/v1/jobs", json=_spec(design, board))
+def _ended(cluster: Cluster, spec: dict[str, Any]) -> tuple[dict[str, Any], str, list[str]]:
+    """Submit ``spec``, wait for its end: the job's view, its log and its artifacts' names."""
+    r = cluster.api("POST", "/api/v1/jobs", json=spec)
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
 
@@ -76,10 +77,15 @@ def _run(cluster: Cluster, design: str, board: str = BOARD) -> tuple[dict[str, A
 
     view = wait_until(ended, 30, f"job {job_id} ends")
     chunks = cluster.api("GET", f"/api/v1/jobs/{job_id}/log").json()["chunks"]
-    log = "".join(c["data"] for c in chunks)
     arts = cluster.api("GET", f"/api/v1/jobs/{job_id}/artifacts").json()
-    assert [a["name"] for a in arts] == [JUNIT_FILE], (arts, log, view, log)
-    got = cluster.api("GET", f"/api/v1/jobs/{job_id}/artifacts/{JUNIT_FILE}")
+    return view, "".join(c["data"] for c in chunks), [a["name"] for a in arts]
+
+
+def _run(cluster: Cluster, design: str, board: str = BOARD) -> tuple[dict[str, Any], str, ET.Element]:
+    """A HIL job on ``design``: its view, its log and its JUnit report (an artifact, always)."""
+    view, log, arts = _ended(cluster, _spec(design, board))
+    assert arts == [JUNIT_FILE], (arts, view, log)
+    got = cluster.api("GET", f"/api/v1/jobs/{view['id']}/artifacts/{JUNIT_FILE}")
     assert got.status_code == 200, got.text
     return view, log, ET.fromstring(got.content)
 
@@ -107,3 +113,14 @@ def test_a_bench_fault_is_the_node_s_fault_and_still_brings_the_report(cluster: 
     assert attempt["state"] == "lost" and "bench fault on tangnano20k" in attempt["reason"], view
     assert f"no board {GONE!r}" in log
     assert len(list(junit.iter("error"))) == 1
+
+
+def test_no_bench_runs_when_the_command_fails_or_makes_no_bitstream(cluster: Cluster) -> None:
+    view, log, arts = _ended(cluster, _spec("counter", command=["sh", "-c", "echo no build; exit 3"]))
+    assert (view["state"], view["exit_code"], arts) == ("failed", 3, []), (view, log)
+    assert "scalerunner-bench" not in log
+    view, log, arts = _ended(cluster, _spec("counter", command=["true"]))
+    # the job's fault, not the node's: failed at once, not lost and retried
+    assert (view["state"], view["exit_code"], arts) == ("failed", 1, []), (view, log)
+    assert view["attempts"][0]["state"] == "failed", view
+    assert "hil.bitstream 'counter.v' is not a file in the job's work directory" in log
