@@ -11,6 +11,9 @@ Nothing is lost to a broker outage: output is spooled to the attempt's directory
 sender retries a chunk until the broker acknowledged it (QoS 1) and then goes on with the next, and
 the spool is kept ``keep_s`` after the end so a ``resend_log`` is answered even then. The job goes
 on meanwhile; only heartbeats are skipped (a lease longer than the outage keeps the attempt).
+
+A run with ``hil`` is checked on the HIL bench after its command exited 0 (``hil.py``; the bench's
+exit code is the job's, its JUnit report an artifact, a bench fault a fault).
 """
 
 from __future__ import annotations
@@ -511,9 +514,11 @@ class JobExecutor:
 
     async def _collect(self, att: Attempt) -> tuple[list[str], list[str]]:
         run = att.run
-        if not run.artifacts and run.hil is None:
+        # a HIL job's report, when the bench ran (not after a failed command: no "matched nothing")
+        report = [hil.JUNIT_FILE] if run.hil and (att.dir / "work" / hil.JUNIT_FILE).is_file() else []
+        if not run.artifacts and not report:
             return [], []
-        sel = artifacts.select(att.dir / "work", [*run.artifacts, *([hil.JUNIT_FILE] if run.hil else [])])
+        sel = artifacts.select(att.dir / "work", [*run.artifacts, *report])
         notes = list(sel.problems)
         uploaded: list[str] = []
         if sel.artifacts and not run.upload_url:

@@ -118,7 +118,7 @@ def test_a_bench_fault_is_the_node_s_fault_and_still_brings_the_report(cluster: 
 def test_no_bench_runs_when_the_command_fails_or_makes_no_bitstream(cluster: Cluster) -> None:
     view, log, arts = _ended(cluster, _spec("counter", command=["sh", "-c", "echo no build; exit 3"]))
     assert (view["state"], view["exit_code"], arts) == ("failed", 3, []), (view, log)
-    assert "scalerunner-bench" not in log
+    assert "scalerunner-bench" not in log and "matched nothing" not in view["attempts"][0]["reason"]
     view, log, arts = _ended(cluster, _spec("counter", command=["true"]))
     # the job's fault, not the node's: failed at once, not lost and retried
     assert (view["state"], view["exit_code"], arts) == ("failed", 1, []), (view, log)
