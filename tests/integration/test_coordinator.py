@@ -196,12 +196,25 @@ class Cluster:
         self.agents[node] = proc
         return proc
 
-    def ensure_agent(self, node: str) -> None:
+    def ensure_agent(self, node: str, timeout: float = 15) -> None:
         """The node's agent runs and the node is idle (after its telemetry)."""
         proc = self.agents.get(node)
         if proc is None or proc.poll() is not None:
             self.start_agent(node)
-        self.wait_state(node, "idle", timeout=15)
+        self.wait_state(node, "idle", timeout=timeout)
+
+    def ready(self, node: str, timeout: float = 15) -> None:
+        """The node's agent runs, it is idle and its health is good (so it takes jobs)."""
+        self.ensure_agent(node, timeout)
+        if self.node(node)["health"] != "good":
+            resp = self.api("PUT", f"/api/v1/nodes/{node}/health", json={"health": "good", "reason": "test"})
+            assert resp.status_code == 200, resp.text
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        resp = self.api("GET", f"/api/v1/jobs/{job_id}")
+        assert resp.status_code == 200, resp.text
+        data: dict[str, Any] = resp.json()
+        return data
 
     def kill_agent(self, node: str, sig: signal.Signals = signal.SIGKILL) -> None:
         proc = self.agents.pop(node)

@@ -44,10 +44,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = HilCluster(tmp_path)
     try:
         c.start_coordinator()
-        c.start_agent(N1)
-        c.wait_state(N1, "idle", timeout=20)
-        done = c.cli("nodes", "health", N1, "good", "--reason", "test")
-        assert done.returncode == 0, done.stderr
+        c.ready(N1, timeout=20)
         yield c
     finally:
         c.close()

@@ -117,19 +117,6 @@ class JobCluster(Cluster):
         self.agents[node] = proc
         return proc
 
-    def ready(self, node: str) -> None:
-        """The node's agent runs, it is idle and its health is good (no health check job here)."""
-        self.ensure_agent(node)
-        if self.node(node)["health"] != "good":
-            resp = self.api("PUT", f"/api/v1/nodes/{node}/health", json={"health": "good", "reason": "test"})
-            assert resp.status_code == 200, resp.text
-
-    def job(self, job_id: str) -> dict[str, Any]:
-        resp = self.api("GET", f"/api/v1/jobs/{job_id}")
-        assert resp.status_code == 200, resp.text
-        data: dict[str, Any] = resp.json()
-        return data
-
     def wait_job(self, job_id: str, *states: str, timeout: float = 20) -> dict[str, Any]:
         def reached() -> dict[str, Any] | None:
             try:

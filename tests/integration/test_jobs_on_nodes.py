@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -23,20 +22,10 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     c = Cluster(tmp_path)
     try:
         c.start_coordinator()
-        c.start_agent(N1)
-        c.wait_state(N1, "idle", timeout=20)
-        done = c.cli("nodes", "health", N1, "good", "--reason", "test")
-        assert done.returncode == 0, done.stderr
+        c.ready(N1, timeout=20)
         yield c
     finally:
         c.close()
-
-
-def _job(cluster: Cluster, job_id: str) -> dict[str, Any]:
-    r = cluster.api("GET", f"/api/v1/jobs/{job_id}")
-    assert r.status_code == 200, r.text
-    body: dict[str, Any] = r.json()
-    return body
 
 
 def test_a_job_runs_on_the_node_and_its_log_exit_code_and_artifacts_come_back(cluster: Cluster) -> None:
@@ -47,7 +36,7 @@ def test_a_job_runs_on_the_node_and_its_log_exit_code_and_artifacts_come_back(cl
     job_id = r.json()["id"]
     view = wait_until(
         lambda: (
-            (v := _job(cluster, job_id))["state"] in ("succeeded", "failed", "timed_out", "cancelled") and v
+            (v := cluster.job(job_id))["state"] in ("succeeded", "failed", "timed_out", "cancelled") and v
         ),
         30,
         "the job ends",
