@@ -33,7 +33,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from benchmarks.common import Figure
+from benchmarks.common import Figure, free_port
 from scalerunner.firmware import find_tool, micropypath
 from scalerunner.protocol.mqtt import Kind, NodeState, decode, node_topic
 
@@ -44,12 +44,6 @@ RUN_FOR_S = 1.5  # telemetry cycles before the RSS is read
 AGENT = Path(sys.executable).with_name("scalerunner-agent")
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _status_kb(pid: int, field: str) -> int:
@@ -168,7 +162,7 @@ def _led_firmware() -> Iterator[str]:
 
 def _agent(workdir: Path, led_serial: str | None = None) -> tuple[float, int]:
     """Median time from Popen to the online state on the broker, and the median peak RSS (KB)."""
-    port = _free_port()
+    port = free_port()
     conf = workdir / "mosquitto.conf"
     conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
     broker = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stderr=subprocess.DEVNULL)

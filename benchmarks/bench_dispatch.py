@@ -16,7 +16,6 @@ the peer's p50 over dispatch's p50 (1.0 would be dispatch at the cost of one rou
 from __future__ import annotations
 
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -32,15 +31,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from benchmarks.bench_ingest import _free_port, _kill_orphan_broker, _raise_nofile, _stop, _wait_port
-from benchmarks.common import Figure
+from benchmarks.common import Figure, RunningCoordinator, coordinator, free_port, raise_nofile, stop
 from scalerunner.protocol.mqtt import Command, Kind, encode, node_topic
 
 SIZES = (100, 500)
 CLUSTER = "bench"
 PREFIX = "dsp"
 PEER_ROUND_TRIPS = 200
-SCALERUNNER = Path(sys.executable).with_name("scalerunner")
 
 
 def _inventory(n: int, broker_port: int, api_port: int) -> str:
@@ -103,26 +100,15 @@ def _peer_round_trips(port: int, password: str, nodes: list[str]) -> list[float]
 
 
 def _measure(n: int, root: Path) -> dict[str, Any]:
-    root.mkdir()
-    broker_port, api_port = _free_port(), _free_port()
-    (root / "scalerunner.toml").write_text(_inventory(n, broker_port, api_port))
-    state = root / "state"
-    env = dict(os.environ, SCALERUNNER_HOME=str(root / "home"))
-    coord_log = (root / "coordinator.log").open("wb")
-    coordinator: subprocess.Popen[bytes] | None = None
+    broker_port, api_port = free_port(), free_port()
+    with coordinator(root, _inventory(n, broker_port, api_port), broker_port) as coord:
+        return _measure_on(n, coord, broker_port)
+
+
+def _measure_on(n: int, coord: RunningCoordinator, broker_port: int) -> dict[str, Any]:
+    state, api = coord.state, coord.api
     agents: subprocess.Popen[bytes] | None = None
     try:
-        coordinator = subprocess.Popen(
-            [str(SCALERUNNER), "up", "--config", str(root / "scalerunner.toml"), "--state-dir", str(state)],
-            stdout=subprocess.PIPE,
-            stderr=coord_log,
-            env=env,
-        )
-        assert coordinator.stdout is not None
-        api = coordinator.stdout.readline().decode().strip()
-        if not api.startswith("http://"):
-            raise RuntimeError(f"scalerunner up failed: see {root / 'coordinator.log'}")
-        _wait_port(broker_port, 10)
         token = (state / "api-token").read_text().strip()
         users: dict[str, str] = json.loads((state / "broker-credentials.json").read_text())["users"]
         agents = subprocess.Popen(
@@ -174,10 +160,7 @@ def _measure(n: int, root: Path) -> dict[str, Any]:
     finally:
         if agents is not None and agents.stdin is not None:
             agents.stdin.close()
-        _stop(agents, grace=10)
-        _stop(coordinator, grace=15)
-        _kill_orphan_broker(state)
-        coord_log.close()
+        stop(agents, grace=10)
 
 
 def _figure(n: int, r: dict[str, Any]) -> Figure:
@@ -195,7 +178,7 @@ def _figure(n: int, r: dict[str, Any]) -> Figure:
 
 
 def run() -> list[Figure]:
-    _raise_nofile()
+    raise_nofile()
     figures = []
     with tempfile.TemporaryDirectory(prefix="bench-dispatch-") as tmp:
         for n in SIZES:

@@ -17,14 +17,11 @@ rising, to tell "slower" (caught up later) from "lost".
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import resource
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,7 +31,7 @@ import urllib.request
 from pathlib import Path
 from typing import IO
 
-from benchmarks.common import Figure
+from benchmarks.common import Figure, RunningCoordinator, coordinator, free_port, raise_nofile, stop
 from scalerunner.protocol.mqtt import Kind, node_filter
 
 SIZES = (100, 1000)
@@ -42,24 +39,10 @@ WINDOW_S = 10.0
 CLUSTER = "bench"
 PREFIX = "ing"
 TARGET = 0.95
-SCALERUNNER = Path(sys.executable).with_name("scalerunner")
 MOSQUITTO_SUB = shutil.which("mosquitto_sub") or "/usr/bin/mosquitto_sub"
 _METRIC_RE = re.compile(rb'^scalerunner_messages_ingested_total\{kind="telemetry"\} (\S+)$', re.M)
 _REJECTED_RE = re.compile(rb"^scalerunner_messages_rejected_total\{[^}]*\} (\S+)$", re.M)
 _TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _raise_nofile() -> None:
-    """Children (the coordinator, its mosquitto, the load) inherit this limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _inventory(n: int, broker_port: int, api_port: int) -> str:
@@ -111,64 +94,17 @@ def _cpu_s(pid: int | None) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICKS
 
 
-def _wait_port(port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
-
-
-def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, grace: float = 10.0) -> None:
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(sig)
-    try:
-        proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
-def _kill_orphan_broker(state: Path) -> None:
-    """If the coordinator died without stopping its mosquitto, stop it here (by its pid file,
-    and only if that pid is the mosquitto started with this run's config)."""
-    pid_file = state / "broker" / "mosquitto.pid"
-    conf = str(state / "broker" / "mosquitto.conf")
-    with contextlib.suppress(OSError, ValueError):
-        pid = int(pid_file.read_text().strip())
-        if conf.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-            os.kill(pid, signal.SIGTERM)
-
-
 def _measure(n: int, root: Path) -> dict[str, float | int | str]:
-    root.mkdir()
-    broker_port, api_port = _free_port(), _free_port()
-    (root / "scalerunner.toml").write_text(_inventory(n, broker_port, api_port))
-    state = root / "state"
-    env = dict(os.environ, SCALERUNNER_HOME=str(root / "home"))
-    coord_log = (root / "coordinator.log").open("wb")
-    coordinator: subprocess.Popen[bytes] | None = None
+    broker_port, api_port = free_port(), free_port()
+    with coordinator(root, _inventory(n, broker_port, api_port), broker_port) as coord:
+        return _measure_on(n, coord, broker_port)
+
+
+def _measure_on(n: int, coord: RunningCoordinator, broker_port: int) -> dict[str, float | int | str]:
+    state, api = coord.state, coord.api
     sub: subprocess.Popen[bytes] | None = None
     load: subprocess.Popen[bytes] | None = None
     try:
-        coordinator = subprocess.Popen(
-            [str(SCALERUNNER), "up", "--config", str(root / "scalerunner.toml"), "--state-dir", str(state)],
-            stdout=subprocess.PIPE,
-            stderr=coord_log,
-            env=env,
-        )
-        assert coordinator.stdout is not None
-        line = coordinator.stdout.readline().decode().strip()
-        if not line.startswith("http://"):
-            coordinator.wait(10)
-            raise RuntimeError(f"scalerunner up failed: see {root / 'coordinator.log'}")
-        api = line
-        _wait_port(broker_port, 10)
         users: dict[str, str] = json.loads((state / "broker-credentials.json").read_text())["users"]
         sub = subprocess.Popen(
             [
@@ -198,9 +134,9 @@ def _measure(n: int, root: Path) -> dict[str, float | int | str]:
         t0 = float(started["t0"])
         broker_pid = int((state / "broker" / "mosquitto.pid").read_text().strip())
         time.sleep(max(0.0, t0 - time.monotonic()))
-        cpu0 = _cpu_s(coordinator.pid), _cpu_s(broker_pid)
+        cpu0 = _cpu_s(coord.proc.pid), _cpu_s(broker_pid)
         time.sleep(max(0.0, t0 + WINDOW_S - time.monotonic()))
-        cpu1 = _cpu_s(coordinator.pid), _cpu_s(broker_pid)
+        cpu1 = _cpu_s(coord.proc.pid), _cpu_s(broker_pid)
         # the window closes: mosquitto_sub's count is read either side of the scrape
         sub_before = lines.count
         t_scrape = time.monotonic()
@@ -237,11 +173,8 @@ def _measure(n: int, root: Path) -> dict[str, float | int | str]:
             "sub_total": now[2],
         }
     finally:
-        _stop(load, signal.SIGKILL, 5)
-        _stop(sub)
-        _stop(coordinator, grace=15)
-        _kill_orphan_broker(state)
-        coord_log.close()
+        stop(load, signal.SIGKILL, 5)
+        stop(sub)
 
 
 def _figure(n: int, r: dict[str, float | int | str]) -> Figure:
@@ -267,7 +200,7 @@ def _figure(n: int, r: dict[str, float | int | str]) -> Figure:
 
 
 def run() -> list[Figure]:
-    _raise_nofile()
+    raise_nofile()
     figures = []
     with tempfile.TemporaryDirectory(prefix="bench-ingest-") as tmp:
         for n in SIZES:
