@@ -35,8 +35,10 @@ from .errors import ConfigError, UnknownNode
 __all__ = [
     "ApiConfig",
     "Arch",
+    "BootConfig",
     "BrokerConfig",
     "ClusterConfig",
+    "DhcpConfig",
     "Inventory",
     "Node",
     "PowerConfig",
@@ -62,6 +64,7 @@ NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 Secret = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
 ProfileName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}\Z")]
 Arch = Literal["amd64", "arm64", "riscv64"]
+PiSerial = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{8}\Z")]
 
 
 def _pattern(t: Any) -> str:
@@ -86,6 +89,7 @@ Label = Annotated[str, msgspec.Meta(pattern=_whole(_pattern(_PayloadLabel)))]
 _PATTERN_WORDS = {
     _pattern(Name): "must be 1-63 of a-z, 0-9 and '-', not starting or ending with '-'",
     _pattern(Label): "must be 1-64 of A-Z, a-z, 0-9 and _ . : = / -",
+    _pattern(PiSerial): "must be the 8 lower-case hex digits of the Pi's serial number",
     _pattern(ProfileName): "must be 1-64 of a-z, 0-9, '_' and '-', starting with a letter or digit",
 }
 
@@ -134,6 +138,52 @@ class ApiConfig(_Table, frozen=True, kw_only=True):
     @property
     def port(self) -> int:
         return _split_listen(self.listen)[1]
+
+
+class DhcpConfig(_Table, frozen=True, kw_only=True):
+    """The coordinator's dnsmasq (docs/netboot.md). ``off``: none runs (the site hands out
+    the boot file itself); ``proxy``: proxy-DHCP beside the site's DHCP server, answering only
+    PXE clients on ``subnet``; ``full``: the DHCP server of an isolated provisioning network,
+    leasing ``range_start``..``range_end``. TFTP (iPXE binaries, the Raspberry Pi tree) runs
+    whenever dnsmasq does."""
+
+    mode: Literal["off", "proxy", "full"] = "off"
+    interface: NonEmpty | None = None  # the provisioning network's interface (required unless off)
+    subnet: NonEmpty | None = None  # "10.77.0.0/24" (required unless off); advertise lies in it
+    range_start: NonEmpty | None = None  # full only: first address leased
+    range_end: NonEmpty | None = None  # full only: last address leased
+    router: NonEmpty | None = None  # full only: option 3, if the network has one
+    lease: Annotated[int, msgspec.Meta(ge=120, le=864000)] = 3600  # full only: seconds
+    dnsmasq: NonEmpty = "/usr/sbin/dnsmasq"
+
+
+class BootConfig(_Table, frozen=True, kw_only=True):
+    """Network boot (docs/netboot.md): the node-facing HTTP server (iPXE scripts, kernels,
+    initrds, the one-time token trade), and optionally dnsmasq for DHCP and TFTP."""
+
+    enabled: bool = False
+    listen: NonEmpty = "0.0.0.0:8069"  # the boot HTTP server
+    # The IPv4 address nodes reach this coordinator at (boot HTTP, broker); the Pi's bootloader
+    # has no DNS, so an address, never a name. None: the listen address, if not a wildcard.
+    advertise: NonEmpty | None = None
+    token_ttl: Annotated[float, msgspec.Meta(ge=10, le=86400)] = 900.0  # a boot token's life, seconds
+    # Where a Raspberry Pi looks for its files on TFTP (its bootloader's TFTP_PREFIX setting):
+    # "serial" = <8 hex digits of its serial>/ (the default), "mac" = <aa-bb-cc-dd-ee-ff>/.
+    pi_tftp_prefix: Literal["serial", "mac"] = "serial"
+    dhcp: DhcpConfig = DhcpConfig()
+
+    @property
+    def host(self) -> str:
+        return _split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_listen(self.listen)[1]
+
+    @property
+    def address(self) -> str:
+        """The address given to nodes (checked at load: set when listen is a wildcard)."""
+        return self.advertise or self.host
 
 
 class Timeouts(_Table, frozen=True, kw_only=True):
@@ -201,6 +251,8 @@ class Node(_Table, frozen=True, kw_only=True):
     rack: RackPosition | None = None
     cpus: Positive | None = None
     memory_mb: Positive | None = None
+    boot_group: Name = "default"  # the image a group's version was promoted to boots it (docs/netboot.md)
+    serial: PiSerial | None = None  # a Pi's serial: its TFTP directory when pi_tftp_prefix = "serial"
 
 
 class JobsConfig(_Table, frozen=True, kw_only=True):
@@ -230,6 +282,7 @@ class Inventory(_Table, frozen=True, kw_only=True):
     store: StoreConfig = StoreConfig()
     api: ApiConfig = ApiConfig()
     timeouts: Timeouts = Timeouts()
+    boot: BootConfig = BootConfig()
     power: PowerConfig = PowerConfig()
     switches: tuple[Switch, ...] = ()
     nodes: tuple[Node, ...] = ()
@@ -515,6 +568,7 @@ class _Checker:
             broker=self.broker(inv.broker),
             store=self.store(inv.store),
             api=self.api(inv.api),
+            boot=self.boot(inv.boot),
             switches=self.switches(inv.switches),
             nodes=self.nodes(inv.nodes, inv.switches),
             health_checks=self.health_checks(inv.health_checks),
@@ -596,6 +650,58 @@ class _Checker:
         except ValueError as exc:
             raise self.fail("api.listen", str(exc)) from None
         return a
+
+    def boot(self, b: BootConfig) -> BootConfig:
+        try:
+            host, _ = _split_listen(b.listen)
+        except ValueError as exc:
+            raise self.fail("boot.listen", str(exc)) from None
+        if b.advertise is not None:
+            try:
+                ipaddress.IPv4Address(b.advertise)
+            except ValueError:
+                raise self.fail(
+                    "boot.advertise", f"{b.advertise!r} is not an IPv4 address (a Pi's bootloader has no DNS)"
+                ) from None
+        elif b.enabled and host in ("0.0.0.0", "::"):
+            raise self.fail("boot.advertise", f"required when boot.listen is the wildcard {host}")
+        d = b.dhcp
+        if d.mode == "off":
+            return b
+        for field in ("interface", "subnet"):
+            if getattr(d, field) is None:
+                raise self.fail(f"boot.dhcp.{field}", f"required when boot.dhcp.mode = {d.mode!r}")
+        if b.advertise is None:
+            raise self.fail("boot.advertise", "required with DHCP: the address DHCP names as the boot server")
+        try:
+            net = ipaddress.IPv4Network(d.subnet or "", strict=True)
+        except ValueError as exc:
+            raise self.fail("boot.dhcp.subnet", f"{d.subnet!r} is not an IPv4 network: {exc}") from None
+        if ipaddress.IPv4Address(b.advertise) not in net:
+            raise self.fail("boot.advertise", f"{b.advertise} is not in boot.dhcp.subnet {net}")
+        full_only = ("range_start", "range_end", "router")
+        if d.mode == "proxy":
+            for field in full_only:
+                if getattr(d, field) is not None:
+                    raise self.fail(f"boot.dhcp.{field}", "only for mode = 'full' (proxy-DHCP leases none)")
+            return b
+        for field in ("range_start", "range_end"):
+            if getattr(d, field) is None:
+                raise self.fail(f"boot.dhcp.{field}", "required when boot.dhcp.mode = 'full'")
+        addrs: dict[str, ipaddress.IPv4Address] = {}
+        for field in full_only:
+            value = getattr(d, field)
+            if value is None:
+                continue
+            try:
+                addrs[field] = ipaddress.IPv4Address(value)
+            except ValueError:
+                raise self.fail(f"boot.dhcp.{field}", f"{value!r} is not an IPv4 address") from None
+            if addrs[field] not in net:
+                raise self.fail(f"boot.dhcp.{field}", f"{value} is not in boot.dhcp.subnet {net}")
+        if addrs["range_start"] > addrs["range_end"]:
+            raise self.fail("boot.dhcp.range_end", "comes before range_start")
+        return b
 
     def switches(self, switches: tuple[Switch, ...]) -> tuple[Switch, ...]:
         names: dict[str, int] = {}
