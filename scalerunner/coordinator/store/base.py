@@ -244,3 +244,17 @@ class Store(Protocol):
     async def list_artifacts(self, job: str) -> list[ArtifactRecord]:
         """A job's artifacts by attempt and name."""
         ...
+
+    async def put_boot_token(self, digest: str, node: str, expires_at: float) -> None:
+        """Record a one-time boot token for ``node`` by its ``digest`` (sha256 hex of the token;
+        the token itself is never stored), valid until ``expires_at`` (Unix time)."""
+        ...
+
+    async def take_boot_token(self, digest: str, now: float) -> str | None:
+        """Consume the token atomically: its node if it exists and has not expired at ``now``,
+        and it is gone from then on (a second take is None); None otherwise."""
+        ...
+
+    async def prune_boot_tokens(self, now: float) -> int:
+        """Forget the tokens expired at ``now``; returns how many."""
+        ...

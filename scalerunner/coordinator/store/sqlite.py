@@ -124,6 +124,55 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (job, attempt, name)
         ) WITHOUT ROWID""",
     ),
+    (
+        # One-time boot tokens: only the token's sha256 is kept, never the token.
+        """CREATE TABLE boot_tokens (
+            digest TEXT PRIMARY KEY,
+            node TEXT NOT NULL,
+            expires_at REAL NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX boot_tokens_by_expiry ON boot_tokens (expires_at)",
+        # The image registry: versions per (name, arch), their files (bytes content-addressed
+        # on disk), each (group, arch)'s promotion history, per-node overrides.
+        """CREATE TABLE image_versions (
+            name TEXT NOT NULL,
+            arch TEXT NOT NULL,
+            version TEXT NOT NULL,
+            cmdline TEXT NOT NULL DEFAULT '',
+            created_at REAL NOT NULL,
+            PRIMARY KEY (name, arch, version)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE image_files (
+            image TEXT NOT NULL,
+            arch TEXT NOT NULL,
+            version TEXT NOT NULL,
+            position INTEGER NOT NULL,
+            file TEXT NOT NULL,
+            role TEXT NOT NULL,
+            digest TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            PRIMARY KEY (image, arch, version, file),
+            FOREIGN KEY (image, arch, version) REFERENCES image_versions (name, arch, version)
+                ON DELETE CASCADE
+        ) WITHOUT ROWID""",
+        "CREATE INDEX image_files_by_digest ON image_files (digest)",
+        """CREATE TABLE image_promotions (
+            grp TEXT NOT NULL,
+            arch TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            image TEXT NOT NULL,
+            version TEXT NOT NULL,
+            at REAL NOT NULL,
+            rolled_back_at REAL,
+            PRIMARY KEY (grp, arch, seq)
+        ) WITHOUT ROWID""",
+        """CREATE TABLE image_overrides (
+            node TEXT PRIMARY KEY,
+            image TEXT NOT NULL,
+            version TEXT NOT NULL,
+            at REAL NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -561,6 +610,40 @@ class SqliteStore:
             ]
 
         return await self._run(f"artifacts of job {job}", read)
+
+    # -- boot tokens ----------------------------------------------------------------------------
+
+    async def put_boot_token(self, digest: str, node: str, expires_at: float) -> None:
+        if not (math.isfinite(expires_at) and 0 <= expires_at <= _MAX_TS):
+            raise ValueError(f"boot token of {node}: expires_at {expires_at} out of range")
+
+        def write(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT INTO boot_tokens (digest, node, expires_at) VALUES (?, ?, ?)",
+                    (digest, node, expires_at),
+                )
+
+        await self._run(f"put boot token of {node}", write)
+
+    async def take_boot_token(self, digest: str, now: float) -> str | None:
+        def take(conn: sqlite3.Connection) -> str | None:
+            # One statement: the token is found and gone at once, so two takers never both win.
+            with _transaction(conn):
+                rows = conn.execute(
+                    "DELETE FROM boot_tokens WHERE digest = ? AND expires_at > ? RETURNING node",
+                    (digest, now),
+                ).fetchall()
+            return str(rows[0][0]) if rows else None
+
+        return await self._run("take boot token", take)
+
+    async def prune_boot_tokens(self, now: float) -> int:
+        def prune(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                return conn.execute("DELETE FROM boot_tokens WHERE expires_at <= ?", (now,)).rowcount
+
+        return await self._run("prune boot tokens", prune)
 
     # -- the worker thread --------------------------------------------------------------------
 
