@@ -15,12 +15,13 @@ import re
 import shlex
 import stat
 import tempfile
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from scalerunner.atomic import fsync_dir
+from scalerunner.cpio import CpioEntry, newc_archive  # shared with the coordinator's boot initrds
 
 __all__ = [
     "MODULES",
@@ -79,45 +80,6 @@ class GuestKernel:
         if not found:
             raise GuestError(f"module {name}.ko not found under {self.modules}")
         return found[0]
-
-
-@dataclass(frozen=True, slots=True)
-class CpioEntry:
-    path: str  # inside the archive, without a leading slash
-    mode: int  # full st_mode: type and permission bits
-    data: bytes = b""  # file contents, or a symlink's target
-    rdev: tuple[int, int] = (0, 0)  # (major, minor) of a device node
-
-
-def _pad4(n: int) -> bytes:
-    return b"\0" * (-n % 4)
-
-
-def newc_archive(entries: Iterable[CpioEntry]) -> bytes:
-    """A newc ("070701") cpio archive, the format the kernel unpacks into its initial rootfs."""
-    out = bytearray()
-    for ino, entry in enumerate([*entries, CpioEntry("TRAILER!!!", 0)], start=1):
-        name = entry.path.encode() + b"\0"
-        fields = (
-            ino,
-            entry.mode,
-            0,  # uid
-            0,  # gid
-            2 if stat.S_ISDIR(entry.mode) else 1,
-            0,  # mtime: fixed, so the same inputs give the same bytes
-            len(entry.data),
-            0,
-            0,
-            entry.rdev[0],
-            entry.rdev[1],
-            len(name),
-            0,  # check
-        )
-        header = b"070701" + b"".join(b"%08X" % f for f in fields)
-        out += header + name
-        out += _pad4(len(header) + len(name))
-        out += entry.data + _pad4(len(entry.data))
-    return bytes(out)
 
 
 def _script(name: str) -> bytes:
