@@ -9,9 +9,10 @@ STAMP := $(VENV)/.installed
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml tools/apt-packages.txt tools/setup-apt.sh tools/setup-snmpsim.sh tools/snmpsim-requirements.txt
+$(STAMP): pyproject.toml tools/apt-packages.txt tools/setup-apt.sh tools/setup-snmpsim.sh tools/snmpsim-requirements.txt tools/fetch-raspi-files.sh
 	bash tools/setup-apt.sh tools/apt-packages.txt
 	bash tools/fetch-guest-kernel.sh .cache/guest
+	bash tools/fetch-raspi-files.sh .cache/raspi
 	bash tools/setup-snmpsim.sh
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
