@@ -26,7 +26,7 @@ from .inventory import Inventory
 from .jobs.api import view as job_view
 from .jobs.core import SchedulerConfig
 from .jobs.manager import JobManager
-from .lifecycle import LifecycleConfig, RequeueJobs, RunHealthCheck
+from .lifecycle import BootRequested, LifecycleConfig, RequeueJobs, RunHealthCheck
 from .metrics import CoordinatorCollector, render
 from .mqttlink import CoordinatorLink, MqttSettings
 from .nodes import NodeManager
@@ -34,7 +34,10 @@ from .power.backends import build_backends
 from .power.manager import PowerManager
 from .power.metrics import PowerCollector
 from .power.service import PowerService
-from .store import Store, open_store
+from .pxe.base import ImageSource
+from .pxe.http import BootServer
+from .pxe.tokens import BootTokens
+from .store import Event, Store, open_store
 
 log = logging.getLogger("scalerunner.coordinator")
 
@@ -89,7 +92,14 @@ class _Service(NodeManager):
 
 class Coordinator:
     def __init__(
-        self, inventory: Inventory, state_dir: Path, *, api_port: int | None = None, source: str = "inventory"
+        self,
+        inventory: Inventory,
+        state_dir: Path,
+        *,
+        api_port: int | None = None,
+        source: str = "inventory",
+        boot_images: ImageSource | None = None,
+        boot_port: int | None = None,
     ) -> None:
         self.inventory = inventory
         self.source = source  # the inventory file, named in configuration errors
@@ -153,6 +163,11 @@ class Coordinator:
             list_jobs=self._job_list,
         )
         self.link: CoordinatorLink | None = None
+        # Network boot (docs/netboot.md): the boot HTTP server runs only with [boot] enabled; it
+        # reads images through ``boot_images`` (the image registry, or a test's own source).
+        self.boot_images = boot_images
+        self.boot_port = boot_port
+        self.boot: BootServer | None = None
         self._server: uvicorn.Server | None = None
         self._stops: list[Callable[[], Awaitable[None]]] = []  # of the parts started, in order
 
@@ -211,6 +226,8 @@ class Coordinator:
         self._stops.append(self.jobs.stop)
         await self.link.start()
         self._stops.append(self.link.stop)
+        if self.inventory.boot.enabled:
+            await self._start_boot()
         # The socket is bound here, not by uvicorn: a port in use is a ConfigError naming it
         # (uvicorn would log it and raise SystemExit), and port 0 needs no pick-then-bind race.
         sock = bind_api(self.api_host, self.api_port, self.source)
@@ -243,6 +260,31 @@ class Coordinator:
         await self.dashboard.start()
         self._stops.append(self.dashboard.stop)
         log.info("coordinator up", extra={"api": self.api_url, "broker": access.endpoint})
+
+    async def _start_boot(self) -> None:
+        if self.boot_images is None:
+            raise ConfigError(self.source, "boot.enabled", "network boot needs an image source (registry)")
+        nodes, store, broker = self.nodes, self.store, self.broker
+
+        async def on_boot(name: str, at: float) -> None:
+            await nodes.apply_event(name, BootRequested(at=at))
+
+        async def record(event: Event) -> None:
+            await store.apply(None, [event])
+
+        self.boot = BootServer(
+            self.inventory,
+            self.boot_images,
+            BootTokens(self.store, self.inventory.boot.token_ttl),
+            on_boot=on_boot,
+            record=record,
+            password=broker.node_password,
+            broker_port=lambda: broker.port,
+            port=self.boot_port,
+            source=self.source,
+        )
+        await self.boot.start()
+        self._stops.append(self.boot.stop)
 
     async def stop(self) -> None:
         """Stop what was started, in reverse order; a part that fails to stop does not keep
