@@ -16,10 +16,14 @@ __all__ = [
     "ArtifactRecord",
     "Event",
     "EventRecord",
+    "ImageFileRecord",
+    "ImageRecord",
     "JobRecord",
     "LogChunkRecord",
     "NodeRecord",
+    "OverrideRecord",
     "PowerSample",
+    "PromotionRecord",
     "Store",
     "TelemetryMinute",
 ]
@@ -141,6 +145,53 @@ class ArtifactRecord:
     at: float
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageFileRecord:
+    """One file of a boot image: its name as nodes ask for it, its role (kernel, initrd, dtb,
+    firmware) and its content; the bytes live content-addressed under ``digest`` (sha256 hex)."""
+
+    name: str
+    role: str
+    digest: str
+    size: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ImageRecord:
+    """One version of one boot image for one arch; ``files`` in the order they were given."""
+
+    name: str
+    arch: str
+    version: str
+    cmdline: str
+    created_at: float
+    files: tuple[ImageFileRecord, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PromotionRecord:
+    """Entry ``seq`` of the promotion history of (``group``, ``arch``): ``image`` ``version``
+    promoted at ``at``; ``rolled_back_at`` set once a rollback undid it."""
+
+    group: str
+    arch: str
+    seq: int
+    image: str
+    version: str
+    at: float
+    rolled_back_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OverrideRecord:
+    """``node`` boots ``image`` ``version`` whatever its group's promotion says."""
+
+    node: str
+    image: str
+    version: str
+    at: float
+
+
 class Store(Protocol):
     """The coordinator's durable state. ``where`` names the database in errors and logs.
 
@@ -257,4 +308,38 @@ class Store(Protocol):
 
     async def prune_boot_tokens(self, now: float) -> int:
         """Forget the tokens expired at ``now``; returns how many."""
+        ...
+
+    async def add_image(self, image: ImageRecord) -> bool:
+        """Record an image version with its files in one transaction; False (and nothing
+        written) if (name, arch, version) is already held."""
+        ...
+
+    async def list_images(self, name: str | None = None) -> list[ImageRecord]:
+        """Every image version (of ``name`` if given) with its files, by name, arch, creation."""
+        ...
+
+    async def delete_images(self, keys: Sequence[tuple[str, str, str]]) -> int:
+        """Forget these (name, arch, version) image versions and their files in ONE transaction;
+        returns how many were held."""
+        ...
+
+    async def list_promotions(self) -> list[PromotionRecord]:
+        """The whole promotion history, by group, arch and seq."""
+        ...
+
+    async def put_promotions(self, promotions: Sequence[PromotionRecord]) -> None:
+        """Insert or replace these history entries (keyed by group, arch, seq) in ONE transaction."""
+        ...
+
+    async def list_overrides(self) -> list[OverrideRecord]:
+        """Every per-node override, by node."""
+        ...
+
+    async def put_override(self, override: OverrideRecord) -> None:
+        """Set (insert or replace) a node's override."""
+        ...
+
+    async def delete_override(self, node: str) -> bool:
+        """Clear a node's override; False if it had none."""
         ...

@@ -35,10 +35,14 @@ from .base import (
     ArtifactRecord,
     Event,
     EventRecord,
+    ImageFileRecord,
+    ImageRecord,
     JobRecord,
     LogChunkRecord,
     NodeRecord,
+    OverrideRecord,
     PowerSample,
+    PromotionRecord,
     TelemetryMinute,
 )
 
@@ -644,6 +648,139 @@ class SqliteStore:
                 return conn.execute("DELETE FROM boot_tokens WHERE expires_at <= ?", (now,)).rowcount
 
         return await self._run("prune boot tokens", prune)
+
+    # -- the image registry ---------------------------------------------------------------------
+
+    async def add_image(self, image: ImageRecord) -> bool:
+        i = image
+        if not (math.isfinite(i.created_at) and 0 <= i.created_at <= _MAX_TS):
+            raise ValueError(f"image {i.name} {i.version}: created_at {i.created_at} out of range")
+        files = [
+            (i.name, i.arch, i.version, pos, f.name, f.role, f.digest, f.size)
+            for pos, f in enumerate(i.files)
+        ]
+
+        def write(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO image_versions (name, arch, version, cmdline, created_at)"
+                    " VALUES (?, ?, ?, ?, ?)",
+                    (i.name, i.arch, i.version, i.cmdline, i.created_at),
+                )
+                if cur.rowcount == 0:
+                    return False
+                conn.executemany(
+                    "INSERT INTO image_files (image, arch, version, position, file, role, digest, size)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    files,
+                )
+            return True
+
+        return await self._run(f"add image {i.name} {i.version} ({i.arch})", write)
+
+    async def list_images(self, name: str | None = None) -> list[ImageRecord]:
+        where, args = ("WHERE name = ?", (name,)) if name is not None else ("", ())
+        fwhere = "WHERE image = ?" if name is not None else ""
+
+        def read(conn: sqlite3.Connection) -> list[ImageRecord]:
+            files: dict[tuple[str, str, str], list[ImageFileRecord]] = {}
+            for image, arch, version, file, role, digest, size in conn.execute(
+                "SELECT image, arch, version, file, role, digest, size FROM image_files"
+                f" {fwhere} ORDER BY image, arch, version, position",
+                args,
+            ):
+                files.setdefault((image, arch, version), []).append(
+                    ImageFileRecord(name=file, role=role, digest=digest, size=size)
+                )
+            return [
+                ImageRecord(
+                    name=n,
+                    arch=a,
+                    version=v,
+                    cmdline=c,
+                    created_at=at,
+                    files=tuple(files.get((n, a, v), ())),
+                )
+                for n, a, v, c, at in conn.execute(
+                    "SELECT name, arch, version, cmdline, created_at FROM image_versions"
+                    f" {where} ORDER BY name, arch, created_at, version",
+                    args,
+                )
+            ]
+
+        return await self._run("list images", read)
+
+    async def delete_images(self, keys: Sequence[tuple[str, str, str]]) -> int:
+        rows = [tuple(k) for k in keys]
+
+        def write(conn: sqlite3.Connection) -> int:
+            with _transaction(conn):
+                # image_files go with their version (ON DELETE CASCADE)
+                return sum(
+                    conn.execute(
+                        "DELETE FROM image_versions WHERE name = ? AND arch = ? AND version = ?", row
+                    ).rowcount
+                    for row in rows
+                )
+
+        return await self._run(f"delete {len(rows)} image versions", write)
+
+    async def list_promotions(self) -> list[PromotionRecord]:
+        def read(conn: sqlite3.Connection) -> list[PromotionRecord]:
+            return [
+                PromotionRecord(group=g, arch=a, seq=seq, image=i, version=v, at=at, rolled_back_at=rb)
+                for g, a, seq, i, v, at, rb in conn.execute(
+                    "SELECT grp, arch, seq, image, version, at, rolled_back_at FROM image_promotions"
+                    " ORDER BY grp, arch, seq"
+                )
+            ]
+
+        return await self._run("list promotions", read)
+
+    async def put_promotions(self, promotions: Sequence[PromotionRecord]) -> None:
+        rows = [(p.group, p.arch, p.seq, p.image, p.version, p.at, p.rolled_back_at) for p in promotions]
+        if not rows:
+            return
+
+        def write(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.executemany(
+                    "INSERT OR REPLACE INTO image_promotions"
+                    " (grp, arch, seq, image, version, at, rolled_back_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+
+        await self._run(f"put {len(rows)} promotions", write)
+
+    async def list_overrides(self) -> list[OverrideRecord]:
+        def read(conn: sqlite3.Connection) -> list[OverrideRecord]:
+            return [
+                OverrideRecord(node=n, image=i, version=v, at=at)
+                for n, i, v, at in conn.execute(
+                    "SELECT node, image, version, at FROM image_overrides ORDER BY node"
+                )
+            ]
+
+        return await self._run("list overrides", read)
+
+    async def put_override(self, override: OverrideRecord) -> None:
+        o = override
+
+        def write(conn: sqlite3.Connection) -> None:
+            with _transaction(conn):
+                conn.execute(
+                    "INSERT OR REPLACE INTO image_overrides (node, image, version, at) VALUES (?, ?, ?, ?)",
+                    (o.node, o.image, o.version, o.at),
+                )
+
+        await self._run(f"put override of {o.node}", write)
+
+    async def delete_override(self, node: str) -> bool:
+        def write(conn: sqlite3.Connection) -> bool:
+            with _transaction(conn):
+                return conn.execute("DELETE FROM image_overrides WHERE node = ?", (node,)).rowcount > 0
+
+        return await self._run(f"delete override of {node}", write)
 
     # -- the worker thread --------------------------------------------------------------------
 
