@@ -274,17 +274,17 @@ class Agent:
 
             self.led = LedDriver(c.led_serial, node=c.node, cpus=cpus, clock=self._clock, rand=self._rand)
             await self.led.start()
-        if c.password is None:
-            log.warning(
-                "no broker password; trading the bootstrap token for credentials is not built yet,"
-                " connecting with the user name only",
-                extra=self._extra(user=c.username),
-            )
         self._capacity = capacity
         self._stopping = False
         self._runner = asyncio.create_task(self._run(), name=f"agent-{c.node}")
 
     async def _run(self) -> None:
+        if self.config.password is None:
+            # A network-booted node: trade the kernel command line's one-time token (or reuse
+            # what this boot traded before); a refusal ends the agent with the reason.
+            from .bootstrap import ensure_credentials
+
+            self.config = await ensure_credentials(self.config)
         async with asyncio.TaskGroup() as tg:
             self._tg = tg
             tg.create_task(self._connection_loop(), name="agent-mqtt")

@@ -6,7 +6,7 @@ the key, so the CLI can print one line and exit 2.
 
 A node booted from the network runs a generic RAM image: its config file is the same on every
 node, and the kernel command line says who it is (``scalerunner.node=``), where the coordinator
-is (``scalerunner.url=``) and carries a one-time ``scalerunner.token=`` that a later part trades
+is (``scalerunner.url=``) and carries a one-time ``scalerunner.token=`` that ``bootstrap`` trades
 for the node's MQTT credentials.
 """
 
@@ -63,7 +63,7 @@ class AgentConfig:
     broker_host: str
     broker_port: int
     username: str
-    password: str | None  # None: only a bootstrap token is available (exchanged by a later part)
+    password: str | None  # None: only a bootstrap token is available (traded by bootstrap.py)
     tls_ca: Path | None = None
     keepalive: int = 15
     reconnect_min: float = 0.5
