@@ -22,6 +22,7 @@ from .api.app import create_app
 from .broker import ExternalBroker, ManagedBroker, TlsFiles
 from .dashboard import Feed
 from .errors import ConfigError
+from .github import GitHubService
 from .inventory import Inventory
 from .jobs.api import view as job_view
 from .jobs.core import SchedulerConfig
@@ -162,6 +163,14 @@ class Coordinator:
             jobs=self.jobs,
             list_jobs=self._job_list,
         )
+        # GitHub Actions runners (docs/github.md): only with a [github] section
+        self.github = (
+            GitHubService(
+                inventory.github, inventory.cluster.name, self.jobs, state_dir, lambda: self.api_url
+            )
+            if inventory.github is not None
+            else None
+        )
         self.link: CoordinatorLink | None = None
         # Network boot (docs/netboot.md): the boot HTTP server runs only with [boot] enabled; it
         # reads images through ``boot_images`` (the image registry, or a test's own source).
@@ -234,7 +243,12 @@ class Coordinator:
         self.api_port = int(sock.getsockname()[1])
         config = uvicorn.Config(
             create_app(
-                self.nodes, self.token, jobs=self.jobs, power=self.power_service, dashboard=self.dashboard
+                self.nodes,
+                self.token,
+                jobs=self.jobs,
+                power=self.power_service,
+                dashboard=self.dashboard,
+                github=self.github,
             ),
             log_level="warning",
             lifespan="off",
@@ -259,6 +273,9 @@ class Coordinator:
         # uvicorn would otherwise wait for before it lets the API stop.
         await self.dashboard.start()
         self._stops.append(self.dashboard.stop)
+        if self.github is not None:  # once the API serves: its runner jobs claim configs there
+            await self.github.start()
+            self._stops.append(self.github.stop)
         log.info("coordinator up", extra={"api": self.api_url, "broker": access.endpoint})
 
     async def _start_boot(self) -> None:

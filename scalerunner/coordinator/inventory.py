@@ -39,6 +39,8 @@ __all__ = [
     "BrokerConfig",
     "ClusterConfig",
     "DhcpConfig",
+    "GitHubConfig",
+    "GitHubPool",
     "Inventory",
     "Node",
     "PowerConfig",
@@ -276,6 +278,40 @@ class HealthCheck(_Table, frozen=True, kw_only=True):
         return (self.arch is None or self.arch == node.arch) and set(self.labels) <= set(node.labels)
 
 
+class GitHubPool(_Table, frozen=True, kw_only=True):
+    """Workflow jobs that carry every one of ``labels`` (case-insensitive) in ``scope`` run as
+    Scalerunner jobs with these parameters (docs/github.md)."""
+
+    name: Name
+    scope: NonEmpty  # "ORG" or "OWNER/REPO"
+    labels: Annotated[tuple[Label, ...], msgspec.Meta(min_length=1)]
+    runner_group_id: Positive = 1
+    repositories: tuple[NonEmpty, ...] = ()  # org scope: the repos the reconciler lists (empty: all)
+    image: str = ""
+    arch: Arch | None = None
+    node_labels: tuple[Label, ...] = ()
+    cpus: Annotated[float, msgspec.Meta(gt=0, le=1024)] = 1.0
+    memory_mb: Positive = 2048
+    timeout: Seconds = 21600.0
+    command: Annotated[tuple[str, ...], msgspec.Meta(min_length=1)] = (
+        "./run.sh",
+        "--jitconfig",
+        "{jitconfig}",
+    )
+    priority: Annotated[int, msgspec.Meta(ge=-100, le=100)] = 0
+
+
+class GitHubConfig(_Table, frozen=True, kw_only=True):
+    """GitHub Actions runners (docs/github.md). Secrets are files, never inventory text."""
+
+    api_url: NonEmpty = "https://api.github.com"
+    token_file: NonEmpty  # a PAT or an installation token; read again whenever it changes
+    webhook_secret_file: NonEmpty
+    reconcile_interval: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 60.0
+    idle_timeout: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 300.0
+    pools: Annotated[tuple[GitHubPool, ...], msgspec.Meta(min_length=1)]
+
+
 class Inventory(_Table, frozen=True, kw_only=True):
     cluster: ClusterConfig
     broker: BrokerConfig = BrokerConfig()
@@ -288,6 +324,7 @@ class Inventory(_Table, frozen=True, kw_only=True):
     nodes: tuple[Node, ...] = ()
     jobs: JobsConfig = JobsConfig()
     health_checks: tuple[HealthCheck, ...] = ()
+    github: GitHubConfig | None = None
 
     def health_check(self, node: Node) -> HealthCheck | None:
         """The first health check whose arch and labels fit ``node``, if any."""
@@ -502,6 +539,14 @@ def _choices(t: mi.Type | _Tags | None) -> list[Any]:
 _MAC_RE = re.compile(r"[0-9A-Fa-f]{2}([:-])[0-9A-Fa-f]{2}(?:\1[0-9A-Fa-f]{2}){4}")
 _HOST_LABEL_RE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 _SERIAL_RE = re.compile(r"/[^\s\x00]+|[a-z][a-z0-9+]*://\S+")
+_GH_OWNER = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})"
+_GH_REPO_RE = re.compile(r"[A-Za-z0-9._-]{1,100}")
+_GH_SCOPE_RE = re.compile(rf"{_GH_OWNER}(?:/[A-Za-z0-9._-]{{1,100}})?")
+# an OCI reference, as the job spec takes it (jobs/spec.py; the inventory does not import the jobs)
+_IMAGE_REF = (
+    r"(?:[A-Za-z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-]+[a-z0-9]+)*(?:/[a-z0-9]+(?:[._-]+[a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?"
+)
 
 
 def normalise_mac(mac: str) -> str:
@@ -572,6 +617,45 @@ class _Checker:
             switches=self.switches(inv.switches),
             nodes=self.nodes(inv.nodes, inv.switches),
             health_checks=self.health_checks(inv.health_checks),
+            github=self.github(inv.github),
+        )
+
+    def github(self, g: GitHubConfig | None) -> GitHubConfig | None:
+        if g is None:
+            return None
+        if not re.fullmatch(r"https?://[^\s/?#]+(?:/[^\s?#]*)?", g.api_url):
+            raise self.fail("github.api_url", f"{g.api_url!r} is not an http(s) URL")
+        names: dict[str, int] = {}
+        for i, pool in enumerate(g.pools):
+            key = f"github.pools[{i}]"
+            if pool.name in names:
+                raise self.fail(
+                    f"{key}.name",
+                    f"duplicate pool name {pool.name!r} (also github.pools[{names[pool.name]}])",
+                )
+            names[pool.name] = i
+            if not _GH_SCOPE_RE.fullmatch(pool.scope):
+                raise self.fail(
+                    f"{key}.scope",
+                    f"{pool.scope!r} is neither an organisation (ORG) nor a repository (OWNER/REPO)",
+                )
+            if pool.repositories and "/" in pool.scope:
+                raise self.fail(f"{key}.repositories", "only for an organisation scope")
+            for j, repo in enumerate(pool.repositories):
+                if not _GH_REPO_RE.fullmatch(repo):
+                    raise self.fail(f"{key}.repositories[{j}]", f"{repo!r} is not a repository name")
+            if not any("{jitconfig}" in arg for arg in pool.command):
+                raise self.fail(
+                    f"{key}.command", "must pass the runner its config: no argument holds {jitconfig}"
+                )
+            if pool.image and not re.fullmatch(_IMAGE_REF, pool.image):
+                raise self.fail(f"{key}.image", f"{pool.image!r} is not an OCI image reference")
+        return msgspec.structs.replace(
+            g,
+            api_url=g.api_url.rstrip("/"),
+            token_file=self.file("github.token_file", g.token_file) or g.token_file,
+            webhook_secret_file=self.file("github.webhook_secret_file", g.webhook_secret_file)
+            or g.webhook_secret_file,
         )
 
     def health_checks(self, checks: tuple[HealthCheck, ...]) -> tuple[HealthCheck, ...]:

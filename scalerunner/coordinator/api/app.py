@@ -20,6 +20,8 @@ from ... import __version__
 from ..dashboard import Feed
 from ..dashboard import install as install_dashboard
 from ..errors import NodeStateError, UnknownNode
+from ..github import GitHubService
+from ..github import routes as github_routes
 from ..jobs import api as jobs_api
 from ..jobs.manager import JobManager
 from ..mqttlink import CommandFailed, CommandTimeout
@@ -37,6 +39,7 @@ def create_app(
     jobs: JobManager | None = None,
     power: PowerApi | None = None,
     dashboard: Feed | None = None,
+    github: GitHubService | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="Scalerunner coordinator",
@@ -134,4 +137,6 @@ def create_app(
         power_api.install(app, power, Auth)  # /api/v1/power, /api/v1/energy (coordinator/power/api.py)
     if dashboard is not None:
         install_dashboard(app, dashboard, Auth)  # /, /dashboard/*, /api/v1/stream (coordinator/dashboard/)
+    if github is not None:
+        github_routes.install(app, github)  # /webhooks/github, signed by GitHub (coordinator/github/)
     return app
