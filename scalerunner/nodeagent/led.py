@@ -6,9 +6,9 @@ messages that bring the LED from what it was last told to what is wanted. The fi
 rest: it picks the colour band from the temperature, and shows HOST_LOST by itself when the agent
 goes quiet (ledfw/README.md), so the agent sends something at least every ``KEEPALIVE_S``.
 
-The shell, ``LedDriver``, talks to the firmware through ``LedClient`` (coordinator/serial/led.py,
-the one host-side client of the firmware). It is imported here, on first use, only when a port is
-configured: it brings construct and pyserial, which an agent without an LED does not load. A port
+The shell, ``LedDriver``, talks to the firmware through ``AgentLedClient`` (nodeagent/ledclient.py:
+the requests of the coordinator's ``LedClient`` over a struct codec and a stop-and-wait link, so the
+agent loads neither construct nor pyserial; docs/agent.md has the figures). A port
 that is missing, silent or answering garbage is logged with its name and retried with back-off;
 it never takes the agent down.
 """
@@ -29,7 +29,7 @@ from ..protocol.mqtt import Telemetry
 from .agent import Backoff
 
 if TYPE_CHECKING:
-    from ..coordinator.serial.led import LedClient
+    from .ledclient import AgentLedClient
 
 log = logging.getLogger("scalerunner.nodeagent.led")
 
@@ -160,9 +160,9 @@ class LedDriver:
     async def _run(self) -> None:
         while True:
             try:
-                from ..coordinator.serial.led import LedClient  # construct, pyserial: only with an LED
+                from .ledclient import AgentLedClient  # loaded only with an LED
 
-                async with LedClient(self.port, baud=self.baud, timeout=self.timeout) as led:
+                async with AgentLedClient(self.port, baud=self.baud, timeout=self.timeout) as led:
                     await self._drive(led)
             except Exception as exc:  # whatever the device does, the agent goes on
                 self.failures += 1
@@ -176,7 +176,7 @@ class LedDriver:
                 )
                 await asyncio.sleep(delay)
 
-    async def _drive(self, led: LedClient) -> None:
+    async def _drive(self, led: AgentLedClient) -> None:
         from ..protocol.enums import LedMode
 
         shown = Shown()
@@ -189,7 +189,7 @@ class LedDriver:
                 if step == "gauge" and gauge is not None:
                     state = await led.gauge(gauge.load_pct, gauge.temp_c)
                 elif step == "mode":
-                    state = await led.set_mode(LedMode[mode])
+                    state = await led.set_mode(int(LedMode[mode]))
                 else:
                     state = await led.state()
                 shown = after(shown, step, mode, gauge, self._clock())
