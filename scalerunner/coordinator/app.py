@@ -28,7 +28,7 @@ from .jobs.api import view as job_view
 from .jobs.core import SchedulerConfig
 from .jobs.manager import JobManager
 from .lifecycle import BootRequested, LifecycleConfig, RequeueJobs, RunHealthCheck
-from .metrics import CoordinatorCollector, render
+from .metrics import CoordinatorCollector, link_counters, render
 from .mqttlink import CoordinatorLink, MqttSettings
 from .nodes import NodeManager
 from .power.backends import build_backends
@@ -77,13 +77,7 @@ class _Service(NodeManager):
 
     def metrics(self) -> bytes:
         def counters() -> dict[str, dict[str, int]]:
-            if self.link is None:
-                return {}
-            return {
-                "messages_ingested": dict(self.link.ingested),
-                "messages_rejected": dict(self.link.rejected),
-                "commands": {"sent": self.link.commands_sent, "timed_out": self.link.commands_timed_out},
-            }
+            return link_counters(self.link)
 
         extra = [self.jobs.collector()] if self.jobs is not None else []
         if self.power is not None:

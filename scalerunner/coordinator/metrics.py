@@ -8,6 +8,7 @@ into gauges that could go stale.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -17,6 +18,40 @@ from .api.models import NodeView
 
 STATES = ("off", "booting", "online", "idle", "busy", "draining", "offline", "failed")
 HEALTHS = ("good", "unknown", "bad", "maintenance", "retired")
+
+
+class LinkCounts(Protocol):
+    """What the MQTT link counts (``CoordinatorLink``)."""
+
+    @property
+    def ingested(self) -> Mapping[str, int]: ...
+    @property
+    def rejected(self) -> Mapping[str, int]: ...
+    @property
+    def commands_sent(self) -> int: ...
+    @property
+    def commands_timed_out(self) -> int: ...
+    @property
+    def reconnects(self) -> int: ...
+    @property
+    def offline_dropped(self) -> int: ...
+
+
+def link_counters(link: LinkCounts | None) -> dict[str, dict[str, int]]:
+    """The link's counters as ``/metrics`` families: ``scalerunner_{name}_total{kind|reason}``.
+
+    ``mqtt_link`` counts the link's own life: ``reconnects`` to the broker, and ``offline_dropped``,
+    offline states (Wills) dropped because the broker closed the link within their hold (a stopping
+    mosquitto publishes every Will first; docs/mqtt.md).
+    """
+    if link is None:
+        return {}
+    return {
+        "messages_ingested": dict(link.ingested),
+        "messages_rejected": dict(link.rejected),
+        "commands": {"sent": link.commands_sent, "timed_out": link.commands_timed_out},
+        "mqtt_link": {"reconnects": link.reconnects, "offline_dropped": link.offline_dropped},
+    }
 
 
 class CoordinatorCollector(Collector):
