@@ -37,6 +37,7 @@ from .power.metrics import PowerCollector
 from .power.service import PowerService
 from .pxe.base import ImageSource
 from .pxe.http import BootServer
+from .pxe.registry import ImageRegistry
 from .pxe.tokens import BootTokens
 from .store import Event, Store, open_store
 
@@ -165,10 +166,12 @@ class Coordinator:
             if inventory.github is not None
             else None
         )
+        # the image registry (docs/images.md): metadata in the store, blobs under state/images
+        self.images = ImageRegistry(self.store, state_dir, nodes={n.name: n.arch for n in inventory.nodes})
         self.link: CoordinatorLink | None = None
         # Network boot (docs/netboot.md): the boot HTTP server runs only with [boot] enabled; it
         # reads images through ``boot_images`` (the image registry, or a test's own source).
-        self.boot_images = boot_images
+        self.boot_images: ImageSource = boot_images if boot_images is not None else self.images
         self.boot_port = boot_port
         self.boot: BootServer | None = None
         self._server: uvicorn.Server | None = None
@@ -196,6 +199,8 @@ class Coordinator:
     async def _start(self) -> None:
         await self.store.start()
         self._stops.append(self.store.stop)
+        await self.images.start()
+        self._stops.append(self.images.stop)
         await self.power.start()  # before the nodes: their first ticks may switch power
         self._stops.append(self.power.stop)
         await self.nodes.start()
@@ -243,6 +248,7 @@ class Coordinator:
                 power=self.power_service,
                 dashboard=self.dashboard,
                 github=self.github,
+                images=self.images,
             ),
             log_level="warning",
             lifespan="off",

@@ -26,6 +26,8 @@ from ..jobs import api as jobs_api
 from ..jobs.manager import JobManager
 from ..mqttlink import CommandFailed, CommandTimeout
 from ..power import api as power_api
+from ..pxe import api as images_api
+from ..pxe.registry import ImageRegistry
 from .errors import document_errors, errors
 from .models import CommandResult, DrainRequest, EventView, HealthChange, NodeView
 from .service import NodeService, PowerApi
@@ -40,6 +42,7 @@ def create_app(
     power: PowerApi | None = None,
     dashboard: Feed | None = None,
     github: GitHubService | None = None,
+    images: ImageRegistry | None = None,
 ) -> FastAPI:
     app = FastAPI(
         title="Scalerunner coordinator",
@@ -137,6 +140,8 @@ def create_app(
         power_api.install(app, power, Auth)  # /api/v1/power, /api/v1/energy (coordinator/power/api.py)
     if dashboard is not None:
         install_dashboard(app, dashboard, Auth)  # /, /dashboard/*, /api/v1/stream (coordinator/dashboard/)
+    if images is not None:
+        images_api.install(app, images, Auth)  # /api/v1/images, /api/v1/image-overrides (coordinator/pxe/)
     if github is not None:
         github_routes.install(app, github)  # /webhooks/github, signed by GitHub (coordinator/github/)
     return app
