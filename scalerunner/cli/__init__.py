@@ -14,6 +14,7 @@ from .. import __version__
 from .demo import demo as serial_demo
 from .demo_control import control_plane
 from .fw import fw
+from .images import images
 from .jobs import jobs
 from .nodes import drain, events, identify, nodes, reboot, undrain
 from .power import energy, power
@@ -35,6 +36,7 @@ cli.add_command(led)
 cli.add_command(console)
 cli.add_command(fw)
 cli.add_command(jobs)
+cli.add_command(images)
 cli.add_command(sim)
 for _cmd in (up, nodes, drain, undrain, identify, reboot, events, power, energy):
     cli.add_command(_cmd)
