@@ -71,6 +71,7 @@ class GitHubStandIn:
         self.deliveries: list[tuple[str, str, int]] = []  # (delivery id, action, HTTP status)
         self.down = False  # answer 503 to every API call
         self.delay = 0.0  # s before answering generate-jitconfig
+        self.fail_with: tuple[int, dict[str, str], str] | None = None  # (status, headers, message) once
         self.lock = threading.RLock()
         self._ids = itertools.count(1000)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -203,9 +204,11 @@ class GitHubStandIn:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-            def _answer(self, status: int, body: Any = None) -> None:
+            def _answer(self, status: int, body: Any = None, headers: dict[str, str] | None = None) -> None:
                 data = b"" if body is None else json.dumps(body).encode()
                 self.send_response(status)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -221,6 +224,10 @@ class GitHubStandIn:
                         standin.requests.append(Request(method, path, body, dict(self.headers.items())))
                     if standin.down:
                         return self._answer(503, {"message": "Service Unavailable"})
+                    with standin.lock:
+                        fail, standin.fail_with = standin.fail_with, None
+                    if fail is not None:
+                        return self._answer(fail[0], {"message": fail[2]}, fail[1])
                     if self.headers.get("Authorization") != f"Bearer {standin.token}":
                         return self._answer(401, {"message": "Bad credentials"})
                 status, answer = standin._route(method, path, body)

@@ -80,7 +80,10 @@ def match_pool(pools: tuple[GitHubPool, ...], repo: str, labels: Sequence[str]) 
 def runner_script(command: tuple[str, ...]) -> str:
     """The job's script: fetch the JIT config with the claim token, then exec the runner with
     ``{jitconfig}`` replaced by it (quoted; the config never appears in the spec)."""
-    argv = " ".join('"$cfg"'.join(shlex.quote(part) for part in arg.split("{jitconfig}")) for arg in command)
+    argv = " ".join(
+        '"$cfg"'.join(shlex.quote(part) if part else "" for part in arg.split("{jitconfig}")) or "''"
+        for arg in command
+    )
     auth = "Authorization: Bearer $SCALERUNNER_JIT_TOKEN"
     return (
         "set -eu\n"
