@@ -148,12 +148,13 @@ def test_a_finished_job_leaves_no_background_process(tmp_path: Path) -> None:
     assert procs_with(f"sleep\0{marker}") == []
 
 
-def test_memory_limit_refuses_a_bigger_allocation(tmp_path: Path) -> None:
+def test_without_cgroups_the_memory_limit_refuses_a_bigger_allocation(tmp_path: Path) -> None:
     py = shutil.which("python3") or "/usr/bin/python3"
     grab = "import sys; b = bytearray(int(sys.argv[1]) * 2**20); print('got')"
-    small = run(job(tmp_path, py, "-c", grab, "8", memory_mb=128), Collect())
+    runtime = ProcessRuntime(cgroup_backend=None)  # the fallback: ulimit -v only
+    small = asyncio.run(runtime.run(job(tmp_path, py, "-c", grab, "8", memory_mb=128), Collect()))
     sink = Collect()
-    big = run(job(tmp_path, py, "-c", grab, "400", memory_mb=128), sink)
+    big = asyncio.run(runtime.run(job(tmp_path, py, "-c", grab, "400", memory_mb=128), sink))
     assert small == JobResult(JobEnd.EXITED, 0)
     assert big.exit_code != 0 and "MemoryError" in sink.text("stderr")
 

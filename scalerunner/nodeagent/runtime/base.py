@@ -37,6 +37,7 @@ class JobRun:
     env: Mapping[str, str] = field(default_factory=dict)
     cpus: float = 1.0
     memory_mb: int = 256
+    pids_max: int = 1024  # processes and threads at once (a cgroup's pids.max)
     timeout_s: float = 3600.0
     rootfs: Path | None = None  # the unpacked container root filesystem; None: the host's (process only)
     workdir: Path  # scratch for this attempt; artifacts are collected from here after the run
@@ -53,6 +54,7 @@ class JobResult:
     end: JobEnd
     exit_code: int  # the command's own code; 128+signal when killed; 124 on timeout (like timeout(1))
     detail: str = ""  # "memory limit 256 MB reached", "killed by SIGKILL", ...
+    cpu_s: float | None = field(default=None, compare=False)  # CPU time the job used, where measured
 
 
 class RuntimeFault(Exception):

@@ -15,12 +15,15 @@ layer) so jobs never change the cached image, a fresh /proc, a small /dev (null,
 random, urandom, tty bound from the host) and the workdir at ``/work``, then chroots into it.
 Without it the job sees the host's filesystem, with its own /proc, and runs in the workdir.
 
-Limits: ``memory_mb`` is the job's address-space rlimit (``ulimit -v``): an allocation beyond it
-fails, the job is not killed. ``cpus`` is not enforced: these machines mount cgroup v1 controllers
-(cpu, memory, pids) and a cgroup v2 hierarchy with none of them, so there is no v2 to use. The
-network is the host's (a job may need to fetch things) and there is no user namespace (the agent
-runs as root; mapping root to root would add nothing). The timeout is enforced: SIGKILL to all,
-exit code 124.
+Limits: each job gets a control group (cgroups.py: v2 if it has the cpu, memory and pids
+controllers, else v1) with a CPU quota of ``cpus`` cores, ``memory_mb`` (a job over it is killed
+by the kernel and ends KILLED, "memory limit N MB reached") and ``pids_max``; every process of the
+job is born inside it (``cgroups.JOIN`` runs before unshare), and a cancel or a timeout kills
+every process in the group. Without cgroups (a warning is logged once) ``memory_mb`` is only the
+address-space rlimit (``ulimit -v``: an allocation beyond it fails) and cpus and pids are not
+enforced. The network is the host's (a job may need to fetch things) and there is no user
+namespace (the agent runs as root; mapping root to root would add nothing). The timeout is
+enforced: SIGKILL to all, exit code 124.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ import shutil
 import signal
 import tempfile
 from pathlib import Path
+from typing import Literal
 
+from . import cgroups
 from .base import JobEnd, JobResult, JobRun, OutputSink, RuntimeFault, Stream
 
 __all__ = ["SETUP", "ProcessRuntime", "result_of"]
@@ -46,7 +51,7 @@ DRAIN_AFTER_KILL_S = 5.0  # the pipes close once the namespace is gone; bounded 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # pid 1 of the job's namespaces. $1 rootfs ("" for the host's), $2 scratch, $3 workdir,
-# $4 address-space limit in KiB; then the job's argv. "ready" tells a failed setup (a runtime
+# $4 address-space limit in KiB (or unlimited); then the job's argv. "ready" tells a failed setup (a runtime
 # fault) from a failed job.
 SETUP = r"""
 set -e
@@ -99,11 +104,29 @@ class ProcessRuntime:
 
     name = "process"
 
-    def __init__(self, *, unshare: str = "unshare", shell: str = "/bin/sh") -> None:
+    def __init__(
+        self,
+        *,
+        unshare: str = "unshare",
+        shell: str = "/bin/sh",
+        cgroup_backend: cgroups.CgroupBackend | Literal["auto"] | None = "auto",
+    ) -> None:
         self._unshare = unshare
         self._shell = shell
+        self._cgroups = cgroup_backend
 
-    def _argv(self, job: JobRun, scratch: Path) -> list[str]:
+    @property
+    def cgroup_backend(self) -> cgroups.CgroupBackend | None:
+        """The cgroup back end jobs run under (detected on first use), or None: ulimit only."""
+        if self._cgroups == "auto":
+            self._cgroups = cgroups.detect()
+            if self._cgroups is None:
+                log.warning("no usable cgroups: jobs get an address-space ulimit only, no cpu or pids limit")
+            else:
+                log.info("job limits by cgroup %s", self._cgroups.version)
+        return self._cgroups
+
+    def _argv(self, job: JobRun, scratch: Path, group: cgroups.JobCgroup | None = None) -> list[str]:
         rootfs = ""
         if job.rootfs is not None:
             rootfs = str(job.rootfs.resolve())
@@ -111,8 +134,11 @@ class ProcessRuntime:
                 raise RuntimeFault(job.job, f"rootfs path {rootfs!r} has a ',' or ':'")
             if not (job.rootfs / "bin").exists() and not (job.rootfs / "usr").exists():
                 raise RuntimeFault(job.job, f"rootfs {rootfs} has no bin/ or usr/: not unpacked?")
-        kib = max(1, job.memory_mb) * 1024
+        kib = "unlimited" if group is not None else str(max(1, job.memory_mb) * 1024)
+        join = [] if group is None else [self._shell, "-c", cgroups.JOIN, "cgjoin"]
+        join += [str(f) for f in group.procs_files()] + ["--"] if group is not None else []
         return [
+            *join,
             self._unshare,
             "--pid",
             "--fork",
@@ -127,7 +153,7 @@ class ProcessRuntime:
             rootfs,
             str(scratch),
             str(job.workdir.resolve()),
-            str(kib),
+            kib,
             *job.argv,
         ]
 
@@ -136,14 +162,33 @@ class ProcessRuntime:
             raise RuntimeFault(job.job, "empty command")
         if not job.workdir.is_dir():
             raise RuntimeFault(job.job, f"workdir {job.workdir} is not a directory")
+        if shutil.which(self._unshare) is None:  # said here: behind the cgroup prelude it is exit 127
+            raise RuntimeFault(job.job, f"cannot start {self._unshare}: not found")
+        group: cgroups.JobCgroup | None = None
+        if (backend := self.cgroup_backend) is not None:
+            limits = cgroups.Limits(job.cpus, job.memory_mb, job.pids_max)
+            try:
+                group = backend.create(f"{job.job}-{job.attempt}", limits)
+            except OSError as exc:
+                raise RuntimeFault(job.job, f"cannot make its cgroup ({backend.version}): {exc}") from exc
         scratch = Path(tempfile.mkdtemp(prefix=f".{job.job}-{job.attempt}-rt-", dir=job.workdir.parent))
         try:
-            return await self._run(job, sink, scratch)
+            result = await self._run(job, sink, scratch, group)
+            if group is None:
+                return result
+            detail = result.detail
+            if result.end is JobEnd.KILLED and group.oom_killed():
+                detail = f"memory limit {job.memory_mb} MB reached"
+            return JobResult(result.end, result.exit_code, detail, cpu_s=group.cpu_seconds())
         finally:
+            if group is not None:
+                await asyncio.shield(asyncio.to_thread(group.remove))  # kills what is left, then rmdir
             shutil.rmtree(scratch, ignore_errors=True)
 
-    async def _run(self, job: JobRun, sink: OutputSink, scratch: Path) -> JobResult:
-        argv = self._argv(job, scratch)
+    async def _run(
+        self, job: JobRun, sink: OutputSink, scratch: Path, group: cgroups.JobCgroup | None
+    ) -> JobResult:
+        argv = self._argv(job, scratch, group)
         env = {"PATH": DEFAULT_PATH, "HOME": "/work" if job.rootfs else str(job.workdir), **job.env}
         try:
             proc = await asyncio.create_subprocess_exec(
@@ -166,14 +211,14 @@ class ProcessRuntime:
             try:
                 returncode = await asyncio.wait_for(proc.wait(), job.timeout_s)
             except TimeoutError:
-                await _kill(proc)
+                await _kill(proc, group)
                 await _drain(readers)
                 log.warning("job timed out", extra={"job": job.job, "timeout_s": job.timeout_s})
                 return JobResult(JobEnd.TIMEOUT, TIMEOUT_EXIT, f"timeout after {job.timeout_s:g} s")
             await _drain(readers)
         except BaseException:
             # cancelled (or the sink raised): nothing the job started may outlive this call
-            await asyncio.shield(_kill(proc))
+            await asyncio.shield(_kill(proc, group))
             for r in readers:
                 r.cancel()
             raise
@@ -206,8 +251,11 @@ def _children(pid: int) -> list[int]:
     return [int(p) for p in text.split()]
 
 
-async def _kill(proc: asyncio.subprocess.Process) -> None:
-    """SIGKILL unshare, its pid 1 (whose death empties the namespace) and their process group."""
+async def _kill(proc: asyncio.subprocess.Process, group: cgroups.JobCgroup | None = None) -> None:
+    """SIGKILL every process in the job's cgroup; then unshare, its pid 1 (whose death empties the
+    namespace) and their process group, which is all there is to kill without a cgroup."""
+    if group is not None:
+        await asyncio.to_thread(group.kill)
     if proc.returncode is None:
         for pid in _children(proc.pid):  # pid 1 in the namespace; --kill-child would do it too
             with contextlib.suppress(ProcessLookupError):
