@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.integration.test_api_spec import conforms
 from tests.integration.test_coordinator import MOSQUITTO, N1, N2, SCALERUNNER, Cluster
 
 pytestmark = pytest.mark.slow
@@ -237,3 +238,79 @@ def test_a_restart_keeps_versions_promotions_and_blobs(cluster: ImageCluster) ->
     assert f"/boot/files/{first_kernel}/vmlinuz" in c.ipxe("02:00:00:00:00:01")
     resp = httpx.get(f"http://127.0.0.1:{c.boot_port}/boot/files/{first_kernel}/vmlinuz", timeout=30)
     assert resp.status_code == 200 and sha(resp.content) == first_kernel
+
+
+def test_each_registry_error_is_documented_for_its_route_with_its_body(cluster: ImageCluster) -> None:
+    c = cluster
+    spec: dict[str, Any] = httpx.get(c.url + "/openapi.json", timeout=10).json()
+    digest = sha(c.initrd.read_bytes())
+    calls: list[tuple[str, str, str, dict[str, Any], int]] = [
+        ("GET", "/api/v1/images/nope", "/api/v1/images/{name}", {}, 404),
+        ("GET", "/api/v1/images/node/9.9", "/api/v1/images/{name}/{version}", {}, 404),
+        ("DELETE", "/api/v1/images/node/1.0", "/api/v1/images/{name}/{version}", {}, 409),
+        (
+            "POST",
+            "/api/v1/images/node/rollback",
+            "/api/v1/images/{name}/rollback",
+            {"json": {"group": "x"}},
+            409,
+        ),
+        (
+            "POST",
+            "/api/v1/images/node/1.0/promote",
+            "/api/v1/images/{name}/{version}/promote",
+            {"json": {"group": "g", "node": N1}},
+            422,
+        ),
+        (
+            "POST",
+            "/api/v1/images/node/1.0/promote",
+            "/api/v1/images/{name}/{version}/promote",
+            {"json": {"node": "ghost"}},
+            404,
+        ),
+        ("PUT", f"/api/v1/images/blobs/{'0' * 64}", "/api/v1/images/blobs/{sha256}", {"content": b"x"}, 422),
+        (
+            "POST",
+            "/api/v1/images",
+            "/api/v1/images",
+            {
+                "json": {
+                    "name": "n",
+                    "version": "1",
+                    "arch": "amd64",
+                    "files": [{"name": "k", "role": "kernel", "sha256": "1" * 64}],
+                }
+            },
+            409,
+        ),
+        (
+            "POST",
+            "/api/v1/images",
+            "/api/v1/images",
+            {
+                "json": {
+                    "name": "n",
+                    "version": "1",
+                    "arch": "x",
+                    "files": [{"name": "k", "role": "kernel", "sha256": digest}],
+                }
+            },
+            422,
+        ),
+        (
+            "POST",
+            "/api/v1/images/blobs/missing",
+            "/api/v1/images/blobs/missing",
+            {"json": {"digests": ["x"]}},
+            422,
+        ),
+        ("DELETE", "/api/v1/image-overrides/ghost", "/api/v1/image-overrides/{node}", {}, 404),
+    ]
+    for method, path, template, kwargs, status in calls:
+        resp = c.api(method, path, **kwargs)
+        assert resp.status_code == status, (method, path, resp.text)
+        responses = spec["paths"][template][method.lower()]["responses"]
+        assert str(status) in responses, (method, template, status)
+        schema = responses[str(status)]["content"]["application/json"]["schema"]
+        assert conforms(resp.json(), schema, spec) == [], (method, path, resp.json())
