@@ -75,6 +75,7 @@ class _Service(NodeManager):
     link: CoordinatorLink | None = None
     jobs: JobManager | None = None
     power: PowerManager | None = None
+    github: GitHubService | None = None
 
     def metrics(self) -> bytes:
         def counters() -> dict[str, dict[str, int]]:
@@ -83,6 +84,8 @@ class _Service(NodeManager):
         extra = [self.jobs.collector()] if self.jobs is not None else []
         if self.power is not None:
             extra.append(PowerCollector(self.power))
+        if self.github is not None:
+            extra.append(self.github.collector())
         return render(CoordinatorCollector(self.views, counters), *extra)
 
 
@@ -166,6 +169,7 @@ class Coordinator:
             if inventory.github is not None
             else None
         )
+        self.nodes.github = self.github
         # the image registry (docs/images.md): metadata in the store, blobs under state/images
         self.images = ImageRegistry(self.store, state_dir, nodes={n.name: n.arch for n in inventory.nodes})
         self.link: CoordinatorLink | None = None

@@ -310,3 +310,23 @@ def test_the_webhook_answers_at_once_while_the_api_is_slow(gh: GitHubCluster, st
     finally:
         standin.delay = 0.0
     gh.runner_job(1101, "succeeded", timeout=40)
+
+
+def test_runner_records_and_metrics_show_what_became_of_each_job(
+    gh: GitHubCluster, standin: GitHubStandIn
+) -> None:
+    assert gh.api("GET", "/api/v1/github/runners", token="").status_code == 401
+    resp = gh.api("GET", "/api/v1/github/runners", params={"limit": 1000})
+    assert resp.status_code == 200, resp.text
+    records = {r["gh_job"]: r for r in resp.json()}
+    assert records[201]["state"] == "done" and records[201]["job"] == gh.runner_jobs(201)[0]["id"]
+    assert records[901]["state"] == "idle_timeout" and records[801]["state"] == "cancelled"
+    assert records[1001]["requests"] == 2 and records[1001]["state"] == "done"
+    assert 101 not in records and 401 not in records
+    secrets = gh.configs.read_text().split()
+    assert secrets and not any(s in resp.text for s in secrets)
+    metrics = gh.metrics()
+    assert metrics[("scalerunner_github_bad_signature_total", ())] >= 3
+    assert metrics[("scalerunner_github_replayed_total", ())] >= 1
+    assert metrics[("scalerunner_github_runners", (("state", "idle_timeout"),))] >= 1
+    assert metrics[("scalerunner_github_api_errors_total", ())] >= 1

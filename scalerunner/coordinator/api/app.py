@@ -143,5 +143,5 @@ def create_app(
     if images is not None:
         images_api.install(app, images, Auth)  # /api/v1/images, /api/v1/image-overrides (coordinator/pxe/)
     if github is not None:
-        github_routes.install(app, github)  # /webhooks/github, signed by GitHub (coordinator/github/)
+        github_routes.install(app, github, Auth)  # /webhooks/github (signed by GitHub), /api/v1/github/*
     return app

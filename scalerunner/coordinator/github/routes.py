@@ -7,9 +7,10 @@ token.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Request
+import msgspec
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -22,7 +23,20 @@ __all__ = ["install"]
 _bearer = HTTPBearer(auto_error=False)
 
 
-def install(app: FastAPI, service: GitHubService) -> None:
+def install(app: FastAPI, service: GitHubService, auth: Any) -> None:
+    """``auth`` is the operator's Depends, for the read-only listing of runner records."""
+
+    @app.get("/api/v1/github/runners", dependencies=[auth])
+    async def github_runners(
+        state: Annotated[list[str] | None, Query()] = None,
+        limit: Annotated[int, Query(ge=1, le=10000)] = 100,
+    ) -> list[dict[str, Any]]:
+        """What became of each workflow job seen (newest first): its runner, Scalerunner job,
+        state and history (docs/github.md)."""
+        records = sorted(service.core.records.values(), key=lambda r: r.history[0][0] if r.history else 0)
+        rows = [msgspec.to_builtins(r) for r in reversed(records) if not state or r.state.value in state]
+        return rows[:limit]
+
     @app.post(
         "/webhooks/github",
         status_code=202,

@@ -23,12 +23,15 @@ import secrets
 import shlex
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ..inventory import GitHubConfig, GitHubPool
 from ..jobs.core import TERMINAL as JOB_TERMINAL
@@ -36,7 +39,7 @@ from ..jobs.core import JobState, JobStateError, UnknownJob
 from ..jobs.manager import JobManager
 from ..jobs.spec import JobSpec
 from .api import GitHubApi, GitHubApiError
-from .runners import Action, CancelRunner, CheckIdle, RequestRunner, Runner, Runners
+from .runners import Action, CancelRunner, CheckIdle, RequestRunner, Runner, Runners, RunnerState
 from .webhook import (
     DELIVERY_HEADER,
     EVENT_HEADER,
@@ -167,6 +170,9 @@ class GitHubService:
         if self._db is not None:
             self._db.close()
             self._db = None
+
+    def collector(self) -> Collector:
+        return _GitHubCollector(self)
 
     # -- the webhook -------------------------------------------------------------------------
 
@@ -440,3 +446,27 @@ class GitHubService:
     def _db_query(self, sql: str) -> list[tuple[Any, ...]]:
         with self._db_lock:
             return list(self._db.execute(sql).fetchall())
+
+
+class _GitHubCollector(Collector):
+    """Prometheus: runner records by state and what the webhook and the API did."""
+
+    def __init__(self, service: GitHubService) -> None:
+        self._service = service
+
+    def collect(self) -> Iterable[Metric]:
+        states = Counter(r.state.value for r in self._service.core.records.values())
+        runners = GaugeMetricFamily(
+            "scalerunner_github_runners", "workflow jobs known, by runner state", labels=["state"]
+        )
+        for state in RunnerState:
+            runners.add_metric([state.value], float(states[state.value]))
+        yield runners
+        c = self._service.counters
+        for name, text in (
+            ("deliveries", "workflow_job deliveries accepted"),
+            ("replayed", "deliveries ignored as replays"),
+            ("bad_signature", "deliveries refused for their signature"),
+            ("api_errors", "GitHub REST calls that failed"),
+        ):
+            yield CounterMetricFamily(f"scalerunner_github_{name}", text, value=float(c[name]))
