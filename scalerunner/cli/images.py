@@ -46,11 +46,14 @@ def _when(ts: float) -> str:
 
 
 def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    raise AssertionError
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB"):
+        value /= 1024
+        if value < 1024 or unit == "GiB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 @click.group()
@@ -257,7 +260,7 @@ def images_show(name: str, version: str | None, as_json: bool, url: str | None, 
 @images.command("promote")
 @click.argument("name")
 @click.argument("version")
-@click.option("--group", default=None, help="the node group (a node's boot_group; 'default' by default)")
+@click.option("--group", default=None, help="the node group (the inventory's boot_group of its nodes)")
 @click.option("--node", default=None, help="instead: this node boots the version (an override)")
 @click.option("--arch", type=click.Choice(ARCHES), default=None, help="only this arch's build")
 @url_option
