@@ -104,7 +104,16 @@ def test_an_unknown_mac_gets_the_not_enrolled_script_and_an_event(coord: Running
     r = httpx.get(f"{coord.boot_url}/boot/ipxe", params={"mac": "02:99:00:00:00:09"}, timeout=10)
     assert r.status_code == 200 and "not enrolled" in r.text
     assert "token" not in r.text and "kernel" not in r.text
-    events = [e for e in coord.events() if e["axis"] == "boot" and e["new"] == "not-enrolled"]
+    # as the operator sees it: `scalerunner events`
+    env = {**os.environ, "SCALERUNNER_URL": coord.c.api_url, "SCALERUNNER_TOKEN": coord.c.token}
+    out = subprocess.run(
+        [str(AGENT.with_name("scalerunner")), "events", "--json", "--limit", "1000"],
+        env=env,
+        capture_output=True,
+        check=True,
+        timeout=60,
+    )
+    events = [e for e in json.loads(out.stdout) if e["axis"] == "boot" and e["new"] == "not-enrolled"]
     assert any("02:99:00:00:00:09" in e["reason"] and e["node"] == "coordinator" for e in events)
     bad = httpx.get(f"{coord.boot_url}/boot/ipxe", params={"mac": "nope"}, timeout=10)
     assert bad.status_code == 400 and "not a MAC" in bad.json()["error"]
