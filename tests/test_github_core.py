@@ -10,6 +10,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from scalerunner.coordinator.github.runners import (
     ACTIVE,
+    EXIT_GRACE,
     MAX_TRIES,
     TERMINAL,
     Action,
@@ -82,6 +83,19 @@ def test_a_runner_made_for_one_job_may_take_another_and_is_busy_with_it() -> Non
     # job 2 is cancelled on GitHub: the runner running it (job 1's) is ended, and so is job 2's own
     actions = r.completed(2, "cancelled", "lab-1-1", 4.0)
     assert {a.job for a in only(actions, CancelRunner)} == {"j-1", "j-2"}  # type: ignore[attr-defined]
+
+
+def test_a_runner_still_running_long_after_its_job_completed_is_ended() -> None:
+    r = core()
+    r.queued(7, "acme/w", "pool", [], 0.0, "webhook")
+    r.submitted(7, "lab-7-1", 99, "j-1", 1.0)
+    r.in_progress(7, "lab-7-1", 2.0)
+    r.completed(7, "success", "lab-7-1", 3.0)
+    assert r.next_deadline() == 3.0 + EXIT_GRACE
+    assert r.tick(3.0 + EXIT_GRACE - 1) == []
+    (cancel,) = r.tick(3.0 + EXIT_GRACE)
+    assert isinstance(cancel, CancelRunner) and cancel.job == "j-1"
+    assert r.records[7].state is RunnerState.DONE
 
 
 def test_a_job_completed_before_its_runner_was_made_cancels_the_runner_once_it_exists() -> None:

@@ -46,6 +46,7 @@ MAX_TRIES = 3  # runners of one GitHub job that ended without taking a job, befo
 RETRY_BASE = 5.0  # s before the second try; doubled each time, capped
 RETRY_CAP = 300.0
 IDLE_RECHECK = 30.0  # s between asking GitHub whether an idle runner is busy, when it could not say
+EXIT_GRACE = 120.0  # s a runner may go on running after GitHub said its job completed
 
 
 class RunnerState(StrEnum):
@@ -82,6 +83,7 @@ class Runner(msgspec.Struct, frozen=True, kw_only=True):
     job: str | None = None  # its Scalerunner job
     running_at: float | None = None
     check_at: float | None = None  # IDLE: when to ask GitHub whether it is busy
+    exit_by: float | None = None  # BUSY: its job completed on GitHub; the runner must be gone by then
     taken_by: str = ""  # the runner GitHub handed this workflow job to, if known
     gh_done: bool = False  # GitHub says the workflow job completed (any conclusion)
     history: tuple[tuple[float, str, str], ...] = ()
@@ -157,6 +159,7 @@ class Runners:
     def next_deadline(self) -> float | None:
         times = [r.retry_at for r in self.records.values() if r.state is RunnerState.WAITING]
         times += [r.check_at for r in self.records.values() if r.state is RunnerState.IDLE and r.check_at]
+        times += [r.exit_by for r in self.records.values() if r.state is RunnerState.BUSY and r.exit_by]
         return min(times, default=None)
 
     # -- events ------------------------------------------------------------------------------
@@ -253,6 +256,8 @@ class Runners:
             actions += self._cancel(
                 ours, RunnerState.CANCELLED, f"workflow job {gh_job} cancelled on GitHub", at
             )
+        elif ours is not None and ours.state is RunnerState.BUSY:
+            self._put(msgspec.structs.replace(ours, exit_by=at + EXIT_GRACE))  # it exits by itself
         r = self.records.get(gh_job)
         if r is None or r.state in TERMINAL:
             return actions
@@ -287,6 +292,9 @@ class Runners:
                 self._put(msgspec.structs.replace(r, check_at=None))  # asked once; the answer decides
                 if r.runner_id is not None:
                     actions.append(CheckIdle(r.gh_job, r.repo, r.pool, r.runner_id))
+            elif r.state is RunnerState.BUSY and r.exit_by is not None and r.exit_by <= at:
+                why = f"still running {EXIT_GRACE:.0f}s after its job completed"
+                actions += self._cancel(r, RunnerState.DONE, why, at)
         return actions
 
     def prune(self, before: float) -> list[int]:
