@@ -76,6 +76,7 @@ class _Service(NodeManager):
     jobs: JobManager | None = None
     power: PowerManager | None = None
     github: GitHubService | None = None
+    boot: BootServer | None = None
 
     def metrics(self) -> bytes:
         def counters() -> dict[str, dict[str, int]]:
@@ -86,6 +87,8 @@ class _Service(NodeManager):
             extra.append(PowerCollector(self.power))
         if self.github is not None:
             extra.append(self.github.collector())
+        if self.boot is not None:
+            extra.append(self.boot.collector())
         return render(CoordinatorCollector(self.views, counters), *extra)
 
 
@@ -306,6 +309,7 @@ class Coordinator:
         )
         await self.boot.start()
         self._stops.append(self.boot.stop)
+        self.nodes.boot = self.boot  # its counters in /metrics
 
     async def stop(self) -> None:
         """Stop what was started, in reverse order; a part that fails to stop does not keep

@@ -276,3 +276,17 @@ def test_an_agent_with_a_spent_token_exits_with_the_reason(coord: RunningCoordin
     assert done.returncode == 1
     err = done.stderr.decode()
     assert f"refused the boot token of node {N2} (HTTP 403" in err and "reboot the node" in err
+
+
+def test_scripts_and_trades_are_counted_in_metrics(coord: RunningCoordinator) -> None:
+    with coord.api() as client:
+        text = client.get("/metrics").raise_for_status().text
+    values = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in text.splitlines()
+        if line.startswith("scalerunner_boot_")
+    }
+    assert values['scalerunner_boot_scripts_total{kind="node"}'] >= 1
+    assert values['scalerunner_boot_scripts_total{kind="not-enrolled"}'] >= 1
+    assert values['scalerunner_boot_token_trades_total{outcome="ok"}'] >= 1
+    assert values['scalerunner_boot_token_trades_total{outcome="rejected"}'] >= 1

@@ -24,11 +24,13 @@ import logging
 import re
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import msgspec
 from aiohttp import web
+from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from ..errors import ConfigError
 from ..inventory import BootConfig, Inventory, Node
@@ -138,13 +140,17 @@ class BootServer:
         self._unknown_seen: dict[str, float] = {}
         self._runner: web.AppRunner | None = None
         self._prune: asyncio.Task[None] | None = None
-        self.scripts_served = 0
-        self.trades = {"ok": 0, "rejected": 0}
+        # for /metrics: scripts by what they were (node, not-enrolled, no-image), trades by outcome
+        self.scripts: dict[str, int] = {"node": 0, "not-enrolled": 0, "no-image": 0}
+        self.trades: dict[str, int] = {"ok": 0, "rejected": 0}
 
     @property
     def base_url(self) -> str:
         """The boot server as nodes reach it (the advertised address)."""
         return f"http://{self.config.address}:{self.port}"
+
+    def collector(self) -> Collector:
+        return _BootCollector(self)
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=4096)  # the only body is the trade's small JSON
@@ -199,11 +205,13 @@ class BootServer:
             return _error(400, str(exc))
         node = self._by_mac.get(mac)
         if node is None:
+            self.scripts["not-enrolled"] += 1
             await self._unknown(mac, request.remote or "?")
             return _script(not_enrolled_script(mac, self.inventory.cluster.name))
         now = self.clock()
         image = await self.images.resolve(node.name, node.arch, node.boot_group)
         if image is None or image.kernel is None:
+            self.scripts["no-image"] += 1
             await self._event(node.name, "no-image", f"PXE boot request from {mac}: no image to boot", now)
             return _script(no_image_script(node.name, mac, node.arch, node.boot_group))
         token = await self.tokens.mint(node.name)
@@ -218,7 +226,7 @@ class BootServer:
             f"iPXE script served to {mac}: {image.name} {image.version}, token minted",
             now,
         )
-        self.scripts_served += 1
+        self.scripts["node"] += 1
         log.info(
             "iPXE script served",
             extra={"node": node.name, "mac": mac, "image": image.name, "version": image.version},
@@ -331,3 +339,21 @@ class BootServer:
             content_type="application/json",
             headers={"Cache-Control": "no-store"},
         )
+
+
+class _BootCollector(Collector):
+    def __init__(self, server: BootServer) -> None:
+        self._server = server
+
+    def collect(self) -> Iterable[Metric]:
+        scripts = CounterMetricFamily(
+            "scalerunner_boot_scripts", "iPXE scripts served, by kind", labels=["kind"]
+        )
+        for kind, n in sorted(self._server.scripts.items()):
+            scripts.add_metric([kind], float(n))
+        trades = CounterMetricFamily(
+            "scalerunner_boot_token_trades", "boot token trades, by outcome", labels=["outcome"]
+        )
+        for outcome, n in sorted(self._server.trades.items()):
+            trades.add_metric([outcome], float(n))
+        yield from (scripts, trades)
