@@ -107,8 +107,12 @@ class DnsmasqService:
     async def start(self) -> None:
         self._stopping = False
         try:
+            text = self.config_text()
+        except ValueError as exc:
+            raise DnsmasqError(self.interface, str(exc)) from exc
+        try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.conf, self.config_text().encode(), 0o644)
+            atomic_write(self.conf, text.encode(), 0o644)
         except OSError as exc:
             raise DnsmasqError(self.interface, f"cannot write {self.conf}: {exc}") from exc
         await self._launch()

@@ -22,6 +22,7 @@ Every line of the generated file carries a comment saying why it is there.
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,6 +96,9 @@ def is_pi_mac(mac: str) -> bool:
     return mac.lower().replace("-", ":")[:8] in PI_OUIS
 
 
+_IFNAME = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")  # a Linux interface name (IFNAMSIZ - 1)
+
+
 def _quote(text: str) -> str:
     if any(c in text for c in '"\n\\'):
         raise ValueError(f"{text!r} cannot be written into dnsmasq.conf")
@@ -108,8 +112,11 @@ def render(boot: BootConfig, nodes: Iterable[Node], cfg: DnsmasqConfig) -> Rende
         raise ValueError(
             "dnsmasq runs only with boot.dhcp.mode proxy or full, an interface, subnet and advertise"
         )
+    if not _IFNAME.match(d.interface):
+        raise ValueError(f"boot.dhcp.interface {d.interface!r} is not a network interface name")
     net = ipaddress.IPv4Network(d.subnet)
-    server = boot.advertise  # always an address: a Pi's bootloader has no DNS resolver
+    # Always an address: a Pi's bootloader has no DNS resolver.
+    server = str(ipaddress.IPv4Address(boot.advertise))
     warnings: list[str] = []
     out: list[str] = []
 

@@ -128,7 +128,12 @@ class TftpTree:
                 if await self._build(node):
                     rebuilt.append(node.name)
             except (PiTreeError, KeyError, OSError) as exc:
-                log.error("Pi TFTP tree not built", extra={"node": node.name, "error": str(exc)})
+                log.error(
+                    "Pi TFTP tree for %s not built: %s",
+                    node.name,
+                    exc,
+                    extra={"node": node.name, "error": str(exc)},
+                )
         return rebuilt
 
     def node_dir(self, node: Node) -> Path:
@@ -160,6 +165,7 @@ class TftpTree:
         token = await self.token(node.name) if self.token is not None else None
         boot = PiBoot(node=node.name, mac=node.mac, image=image, base_url=self.base_url, token=token)
         texts = {"config.txt": config_txt(boot), "cmdline.txt": cmdline_txt(boot)}
+        self.root.mkdir(parents=True, exist_ok=True)
         staging = self.root / f".build-{target.name}"
         if staging.exists():
             shutil.rmtree(staging)
