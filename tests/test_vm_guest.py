@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 from pathlib import Path
@@ -168,3 +169,26 @@ def test_parse_status_reads_what_init_writes_and_never_raises_on_noise(
     )
     assert parse_status(line[:-1]) is None  # a line is not complete before its newline
     parse_status(noise)  # whatever the console sends, no exception
+
+
+def test_the_work_dir_goes_into_the_job_archive_with_modes_and_links_and_is_bounded(tmp_path: Path) -> None:
+    from scalerunner.nodeagent.runtime import vm_guest
+
+    work = tmp_path / "work"
+    (work / "d").mkdir(parents=True)
+    (work / "d" / "x.sh").write_bytes(b"#!/bin/sh\n")
+    (work / "d" / "x.sh").chmod(0o750)
+    (work / "l").symlink_to("d/x.sh")
+    entries = {e.path: e for e in vm_guest.work_entries(work, "j1")}
+    assert sorted(entries) == ["job/work", "job/work/d", "job/work/d/x.sh", "job/work/l"]
+    assert entries["job/work/d/x.sh"].mode == stat.S_IFREG | 0o750
+    assert entries["job/work/d/x.sh"].data == b"#!/bin/sh\n"
+    assert (entries["job/work/l"].mode, entries["job/work/l"].data) == (stat.S_IFLNK | 0o777, b"d/x.sh")
+    os.mkfifo(work / "pipe")
+    with pytest.raises(ValueError, match=r"job j1: .*pipe in the work dir is not a file"):
+        vm_guest.work_entries(work, "j1")
+    (work / "pipe").unlink()
+    with open(work / "big", "wb") as fh:
+        fh.truncate(vm_guest.WORK_IN_MAX + 1)
+    with pytest.raises(ValueError, match=r"job j1: work dir .* holds more than 64 MiB"):
+        vm_guest.work_entries(work, "j1")

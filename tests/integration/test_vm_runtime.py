@@ -82,6 +82,30 @@ def test_a_job_writes_stdout_and_stderr_sees_its_env_and_returns_its_exit_code_a
     assert (workdir / "sub" / "f").read_text() == "deep\n"
 
 
+def test_work_starts_with_the_work_dirs_content_and_the_vm_has_the_jobs_cpus_and_memory(
+    rootfs: Path, scratch: Path, tmp_path: Path
+) -> None:
+    workdir = tmp_path / "work"
+    (workdir / "in" / "deep").mkdir(parents=True)
+    (workdir / "checks.json").write_text('{"checks": []}\n')
+    (workdir / "in" / "deep" / "tool.sh").write_text("echo tool ran\n")
+    (workdir / "in" / "deep" / "tool.sh").chmod(0o755)
+    (workdir / "link").symlink_to("in/deep/tool.sh")
+    script = (
+        "cat checks.json; ./link; readlink link; test -x in/deep/tool.sh && echo executable;"
+        " nproc; awk '/MemTotal/ {print int($2 / 1024)}' /proc/meminfo"
+    )
+    out = Output()
+    spec = job(rootfs, workdir, "sh", "-c", script, cpus=1.5, memory_mb=192, timeout_s=120)
+    result = asyncio.run(VmRuntime(VmConfig(accel="tcg", scratch_dir=scratch)).run(spec, out))
+    assert (result.end, result.exit_code) == (JobEnd.EXITED, 0), out.text("stderr")
+    lines = out.text("stdout").splitlines()
+    assert lines[:4] == ['{"checks": []}', "tool ran", "in/deep/tool.sh", "executable"]
+    # -smp ceil(1.5) = 2; -m 192 + 64 MiB, less what the guest kernel keeps for itself
+    assert lines[4] == "2"
+    assert 192 <= int(lines[5]) <= 256, lines
+
+
 def test_a_large_output_arrives_whole(rootfs: Path, scratch: Path, tmp_path: Path) -> None:
     out = Output()
     # 4 MB through stdout, then exit at once: the guest powers off only after the host has it all.

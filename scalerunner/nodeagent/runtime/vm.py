@@ -200,8 +200,8 @@ class VmRuntime:
         kernel, base_initrd = self._guest(job)
         env = {"PATH": DEFAULT_PATH, "HOME": "/work", **job.env}
         try:
-            archive = job_archive(job.argv, env, job.job)
-        except ValueError as exc:
+            archive = await asyncio.to_thread(job_archive, job.argv, env, job.job, job.workdir)
+        except (ValueError, OSError) as exc:
             raise RuntimeFault(job.job, str(exc)) from exc
         accel = await self.accel(job)
         if self.config.scratch_dir is not None:
@@ -214,6 +214,7 @@ class VmRuntime:
 
     async def _make_disk(self, job: JobRun, rootfs: Path, disk: Path) -> None:
         used = await asyncio.to_thread(_tree_bytes, rootfs)
+        used += await asyncio.to_thread(_tree_bytes, job.workdir)  # copied into /work by init
         size_mb = math.ceil(used * 1.2 / 2**20) + self.config.extra_disk_mb
         proc = await asyncio.create_subprocess_exec(
             self.config.mke2fs, "-q", "-F", "-t", "ext4", "-E", "root_owner=0:0", "-d", str(rootfs),

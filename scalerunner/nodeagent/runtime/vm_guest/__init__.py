@@ -3,8 +3,8 @@
 The initramfs is a newc cpio archive written by code (no root, no ``find | cpio``): busybox-static
 as the whole userland, the virtio modules the kernel lacks, and ``init.sh``/``enter.sh`` from this
 directory. It is cached by the hash of its contents. Each job appends a small second archive
-holding ``/job/run.sh`` (its argv and environment); the kernel unpacks concatenated archives in
-order, so the cached part is never rewritten.
+holding ``/job/run.sh`` (its argv and environment) and the work dir's content; the kernel unpacks
+concatenated archives in order, so the cached part is never rewritten.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "job_archive",
     "newc_archive",
     "shell_words",
+    "work_entries",
     "write_job_initrd",
     "write_shared",
 ]
@@ -138,8 +139,40 @@ def shell_words(words: Sequence[str]) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def job_archive(argv: Sequence[str], env: Mapping[str, str], job: str) -> bytes:
-    """The per-job archive appended to the initramfs: ``/job/run.sh`` for init.sh to source."""
+WORK_IN_MAX = 64 * 2**20  # a work dir bigger than this does not go into the guest's RAM
+
+
+def work_entries(workdir: Path, job: str) -> list[CpioEntry]:
+    """The work dir's content as ``job/work/...`` entries: directories, regular files and symlinks
+    (kept as links; the guest copies them into its ``/work`` as they are). Anything else is refused,
+    as is more than ``WORK_IN_MAX`` bytes: the archive is unpacked into the guest's memory."""
+    entries = [CpioEntry("job/work", stat.S_IFDIR | 0o755)]
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(workdir):
+        dirnames.sort()
+        for name in sorted(dirnames) + sorted(filenames):
+            path = Path(dirpath) / name
+            rel = path.relative_to(workdir).as_posix()
+            st = path.lstat()
+            mode = stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                data = os.readlink(path).encode()
+                entries.append(CpioEntry(f"job/work/{rel}", stat.S_IFLNK | 0o777, data))
+            elif stat.S_ISDIR(st.st_mode):
+                entries.append(CpioEntry(f"job/work/{rel}", stat.S_IFDIR | mode))
+            elif stat.S_ISREG(st.st_mode):
+                total += st.st_size
+                if total > WORK_IN_MAX:
+                    raise ValueError(f"job {job}: work dir {workdir} holds more than {WORK_IN_MAX >> 20} MiB")
+                entries.append(CpioEntry(f"job/work/{rel}", stat.S_IFREG | mode, path.read_bytes()))
+            else:
+                raise ValueError(f"job {job}: {path} in the work dir is not a file, directory or link")
+    return entries
+
+
+def job_archive(argv: Sequence[str], env: Mapping[str, str], job: str, workdir: Path | None = None) -> bytes:
+    """The per-job archive appended to the initramfs: ``/job/run.sh`` for init.sh to source, and
+    the work dir's content under ``/job/work``, which init copies into the job's ``/work``."""
     if not argv:
         raise ValueError(f"job {job}: empty command")
     if any("\0" in a for a in argv):
@@ -154,10 +187,12 @@ def job_archive(argv: Sequence[str], env: Mapping[str, str], job: str) -> bytes:
         f"set -- {shell_words(argv)}\n"
         f"JOB_ENV={shlex.quote(shell_words([f'{k}={v}' for k, v in env.items()]))}\n"
     )
+    work = work_entries(workdir, job) if workdir is not None else []
     return newc_archive(
         [
             CpioEntry("job", stat.S_IFDIR | 0o755),
             CpioEntry("job/run.sh", stat.S_IFREG | 0o644, script.encode()),
+            *work,
         ]
     )
 

@@ -49,6 +49,10 @@ done
 
 mount -t ext4 /dev/vda /mnt/root || fault "cannot mount the job's root filesystem"
 mkdir -p /mnt/root/proc /mnt/root/dev /mnt/root/tmp /mnt/root/work
+# The attempt's work dir as the host had it (appended to the initramfs with run.sh).
+if [ -d /job/work ]; then
+    cp -a /job/work/. /mnt/root/work/ || fault "cannot copy the work dir into /work"
+fi
 
 # run.sh sets "$@" to the job's argv and JOB_ENV to its environment (quoted by the host).
 . /job/run.sh
