@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,13 +57,12 @@ def test_a_job_submitted_to_a_vm_node_runs_in_the_guest_and_its_log_exit_code_an
     r = cluster.api("POST", "/api/v1/jobs", json=spec)
     assert r.status_code == 201, r.text
     job_id = r.json()["id"]
-    view = wait_until(
-        lambda: (
-            (v := cluster.job(job_id))["state"] in ("succeeded", "failed", "timed_out", "cancelled") and v
-        ),
-        150,
-        "the job ends",
-    )
+
+    def ended() -> dict[str, Any]:
+        v = cluster.job(job_id)
+        return v if v["state"] in ("succeeded", "failed", "timed_out", "cancelled") else {}
+
+    view = wait_until(ended, 150, "the job ends")
     assert (view["state"], view["exit_code"], view["node"]) == ("failed", 5, N1), view
     chunks = cluster.api("GET", f"/api/v1/jobs/{job_id}/log").json()["chunks"]
     assert [c["seq"] for c in chunks] == list(range(len(chunks)))
