@@ -43,7 +43,10 @@ def run(tmp_path: Path, *bodies: Body, clock: Callable[[], float] | None = None)
         for body in bodies:
             async with SqliteStore(tmp_path / "s.db", flush_interval=None) as store:
                 reg = ImageRegistry(
-                    store, tmp_path, nodes={"n1": "amd64", "n2": "arm64"}, clock=clock or time.time
+                    store,
+                    tmp_path,
+                    nodes={"n1": ("amd64", "default"), "n2": ("arm64", "canary")},
+                    clock=clock or time.time,
                 )
                 await reg.start()
                 try:
@@ -224,3 +227,26 @@ def test_stray_blobs_are_collected_at_start_after_the_grace(tmp_path: Path) -> N
         assert reg.blobs.has(sha(KERNEL)) and reg.blobs.has(sha(INITRD))
 
     run(tmp_path, upload, soon, later, clock=lambda: now[0])
+
+
+def test_each_change_to_what_a_node_boots_next_is_an_event_of_that_node(tmp_path: Path) -> None:
+    async def body(reg: ImageRegistry) -> None:
+        await add(reg, "1")
+        await add(reg, "1", arch="arm64")
+        await add(reg, "2", kernel=KERNEL + b"2")
+        await reg.promote("node", "1", "default")  # both nodes: n2's canary group falls back
+        await reg.promote("node", "2", "canary")  # amd64 only: n2 is arm64, n1 is in default
+        await reg.override("n1", "node", "2")
+        await reg.override("n1", "node", "2")  # the same again: no change, no event
+        await reg.clear_override("n1")
+        events = [
+            (e.node, e.old, e.new, e.reason) for e in await reg.store.list_events() if e.axis == "image"
+        ]
+        assert events == [
+            ("n1", "none", "node 1", "image node 1 promoted to group default"),
+            ("n2", "none", "node 1", "image node 1 promoted to group default"),
+            ("n1", "node 1", "node 2", "override: node n1 boots image node 2"),
+            ("n1", "node 2", "node 1", "override of node n1 cleared"),
+        ]
+
+    run(tmp_path, body)

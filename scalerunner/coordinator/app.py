@@ -174,7 +174,9 @@ class Coordinator:
         )
         self.nodes.github = self.github
         # the image registry (docs/images.md): metadata in the store, blobs under state/images
-        self.images = ImageRegistry(self.store, state_dir, nodes={n.name: n.arch for n in inventory.nodes})
+        self.images = ImageRegistry(
+            self.store, state_dir, nodes={n.name: (n.arch, n.boot_group) for n in inventory.nodes}
+        )
         self.link: CoordinatorLink | None = None
         # Network boot (docs/netboot.md): the boot HTTP server runs only with [boot] enabled; it
         # reads images through ``boot_images`` (the image registry, or a test's own source).

@@ -165,6 +165,14 @@ def test_promote_makes_the_boot_server_serve_that_version_and_rollback_goes_back
     assert done.returncode == 1 and f"node {N2} is arm64" in done.stderr
     c.ok("clear-override", N1)
     assert f"/boot/files/{first_kernel}/vmlinuz" in c.ipxe("02:00:00:00:00:01")
+    changes = [(e["old"], e["new"]) for e in c.events(N1) if e["axis"] == "image"]
+    assert changes == [
+        ("none", "node 1.0"),
+        ("node 1.0", "node 2.0"),
+        ("node 2.0", "node 1.0"),  # the rollback
+        ("node 1.0", "node 2.0"),  # the override
+        ("node 2.0", "node 1.0"),  # cleared
+    ]
 
 
 def test_rm_is_refused_while_promoted_and_removes_unshared_blobs_otherwise(cluster: ImageCluster) -> None:

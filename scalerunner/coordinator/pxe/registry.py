@@ -16,8 +16,8 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-from ..errors import CoordinatorError, UnknownNode
-from ..store.base import ImageFileRecord, ImageRecord, OverrideRecord, PromotionRecord, Store
+from ..errors import CoordinatorError, StoreError, UnknownNode
+from ..store.base import Event, ImageFileRecord, ImageRecord, OverrideRecord, PromotionRecord, Store
 from . import rules
 from .base import ROLES, BootFile, BootImage, FileRole
 from .blobs import BlobStore
@@ -59,15 +59,17 @@ def _role(role: str) -> FileRole:
 class ImageRegistry:
     """``ImageSource`` for the boot servers, and the registry's operations for the API.
 
-    ``nodes`` (node name -> arch, from the inventory) lets a per-node override be checked
-    against the node's arch; without it any node name is taken."""
+    ``nodes`` (node name -> (arch, boot group), from the inventory) lets a per-node override be
+    checked against the node's arch, and every change that alters what a node boots next is
+    recorded as an event of that node (axis ``image``). Without it any node name is taken and
+    no event is recorded."""
 
     def __init__(
         self,
         store: Store,
         state_dir: Path,
         *,
-        nodes: Mapping[str, str] | None = None,
+        nodes: Mapping[str, tuple[str, str]] | None = None,
         clock: Callable[[], float] = time.time,
         gc_grace: float = GC_GRACE,
     ) -> None:
@@ -223,6 +225,7 @@ class ImageRegistry:
         async with self._lock:
             builds = self._builds(name, version, arch)
             now = self.clock()
+            before = self._boots()
             entries = [
                 rules.promote(self._history.get((group, b.arch), ()), group, b.arch, name, version, now)
                 for b in builds
@@ -230,6 +233,7 @@ class ImageRegistry:
             await self.store.put_promotions(entries)
             for e in entries:
                 self._history.setdefault((e.group, e.arch), []).append(e)
+            await self._record(before, f"image {name} {version} promoted to group {group}", now)
         log.info("image promoted", extra={"image": name, "version": version, "group": group})
         return entries
 
@@ -249,6 +253,7 @@ class ImageRegistry:
                 where = f"group {group}" + (f" for {arch}" if arch else "")
                 raise ImageError(409, f"image {name} is not promoted to {where}", name)
             now = self.clock()
+            before = self._boots()
             targets: list[PromotionRecord] = []
             changed: list[PromotionRecord] = []
             for key in keys:
@@ -268,6 +273,7 @@ class ImageRegistry:
             for c in changed:
                 entries = self._history[(c.group, c.arch)]
                 entries[:] = [c if e.seq == c.seq else e for e in entries]
+            await self._record(before, f"image {name} rolled back in group {group}", now)
         log.info(
             "image rolled back",
             extra={
@@ -289,16 +295,20 @@ class ImageRegistry:
                     409, f"node {node} is {node_arch}; image {name} {version} is built for {have}", name
                 )
             record = OverrideRecord(node=node, image=name, version=version, at=self.clock())
+            before = self._boots()
             await self.store.put_override(record)
             self._overrides[node] = record
+            await self._record(before, f"override: node {node} boots image {name} {version}", record.at)
         log.info("image override set", extra={"node": node, "image": name, "version": version})
         return record
 
     async def clear_override(self, node: str) -> bool:
         async with self._lock:
             self._node_arch(node)
+            before = self._boots()
             cleared = await self.store.delete_override(node)
             self._overrides.pop(node, None)
+            await self._record(before, f"override of node {node} cleared", self.clock())
         if cleared:
             log.info("image override cleared", extra={"node": node})
         return cleared
@@ -339,4 +349,24 @@ class ImageRegistry:
             return None
         if node not in self.nodes:
             raise UnknownNode(node)
-        return self.nodes[node]
+        return self.nodes[node][0]
+
+    def _boots(self) -> dict[str, rules.ImageKey | None]:
+        return rules.boots(self._images, self._history, self._overrides, self.nodes or {})
+
+    async def _record(self, before: Mapping[str, rules.ImageKey | None], reason: str, at: float) -> None:
+        """An ``image`` event for each node whose next boot changed. After the change itself
+        (a crash in between loses the event, never the change)."""
+        events = [
+            Event(node=node, axis="image", old=_say(old), new=_say(new), reason=reason, at=at)
+            for node, old, new in rules.changed_boots(before, self._boots())
+        ]
+        if events:
+            try:
+                await self.store.apply(None, events)
+            except StoreError as exc:
+                log.warning("cannot record image events: %s", exc, extra={"reason": reason})
+
+
+def _say(key: rules.ImageKey | None) -> str:
+    return "none" if key is None else f"{key[0]} {key[2]}"

@@ -24,6 +24,8 @@ __all__ = [
     "ARCHES",
     "DEFAULT_GROUP",
     "ImageKey",
+    "boots",
+    "changed_boots",
     "cmdline_problem",
     "current",
     "digest_problem",
@@ -169,6 +171,27 @@ def resolve(
         if entry is not None:
             return images.get((entry.image, arch, entry.version))
     return None
+
+
+def boots(
+    images: Mapping[ImageKey, ImageRecord],
+    history: Mapping[tuple[str, str], Sequence[PromotionRecord]],
+    overrides: Mapping[str, OverrideRecord],
+    nodes: Mapping[str, tuple[str, str]],
+) -> dict[str, ImageKey | None]:
+    """What each node (name -> (arch, group)) boots next, as an image key or None."""
+    out: dict[str, ImageKey | None] = {}
+    for node, (arch, group) in nodes.items():
+        found = resolve(images, history, overrides, node, arch, group)
+        out[node] = None if found is None else (found.name, found.arch, found.version)
+    return out
+
+
+def changed_boots(
+    before: Mapping[str, ImageKey | None], after: Mapping[str, ImageKey | None]
+) -> list[tuple[str, ImageKey | None, ImageKey | None]]:
+    """(node, old, new) for each node whose next boot changed, by node."""
+    return [(n, before.get(n), after.get(n)) for n in sorted(after) if before.get(n) != after.get(n)]
 
 
 # -- removal and garbage ----------------------------------------------------------------------
