@@ -146,6 +146,10 @@ def test_a_vm_boots_over_http_with_ipxe_and_trades_its_token(kernel: GuestKernel
         assert any(e["axis"] == "boot" and e["new"] == "script" for e in events)
         assert any(e["axis"] == "boot" and e["new"] == "token-traded" for e in events)
         assert images.resolved == [NODE]
+        assert images.image is not None
+        fetched = coord.c.boot.fetched
+        assert all(fetched.get(f.digest, 0) >= 1 for f in images.image.files), fetched  # kernel, initrd
+        assert coord.c.boot.settings_fetched == {NODE: 1}
         token = re.search(r"scalerunner\.token=([A-Za-z0-9_-]+)", out)
         assert token, "the kernel command line is printed by the kernel"
         again = httpx.post(

@@ -143,6 +143,8 @@ class BootServer:
         # for /metrics: scripts by what they were (node, not-enrolled, no-image), trades by outcome
         self.scripts: dict[str, int] = {"node": 0, "not-enrolled": 0, "no-image": 0}
         self.trades: dict[str, int] = {"ok": 0, "rejected": 0}
+        self.fetched: dict[str, int] = {}  # file requests per stored digest (bounded by the registry)
+        self.settings_fetched: dict[str, int] = {}  # settings initrds per node
 
     @property
     def base_url(self) -> str:
@@ -268,6 +270,7 @@ class BootServer:
             raise web.HTTPNotFound() from None
         if not path.is_file():
             raise web.HTTPNotFound()
+        self.fetched[digest] = self.fetched.get(digest, 0) + 1
         # Content-addressed: a digest's bytes never change, so caches may keep them forever.
         return web.FileResponse(
             path,
@@ -289,6 +292,7 @@ class BootServer:
             broker_port=self.broker_port(),
         )
         data, etag = self._settings.get(settings)
+        self.settings_fetched[node.name] = self.settings_fetched.get(node.name, 0) + 1
         return web.Response(
             body=data,
             content_type="application/octet-stream",
