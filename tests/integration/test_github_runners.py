@@ -330,3 +330,24 @@ def test_runner_records_and_metrics_show_what_became_of_each_job(
     assert metrics[("scalerunner_github_replayed_total", ())] >= 1
     assert metrics[("scalerunner_github_runners", (("state", "idle_timeout"),))] >= 1
     assert metrics[("scalerunner_github_api_errors_total", ())] >= 1
+
+
+def test_after_a_kill_9_the_records_and_the_delivery_memory_hold(
+    gh: GitHubCluster, standin: GitHubStandIn
+) -> None:
+    job = standin.add_job(1201, REPO, LABELS, hold=True)
+    standin.deliver(job, "queued", delivery="delivery-1201")
+    sr = gh.runner_job(1201, "running")
+    wait_until(lambda: "github job 1201: idle" in gh.log_text(), 10, "the runner is idle")
+    gh.kill_coordinator()
+    gh.start_coordinator()
+    standin.webhook_url = gh.url + "/webhooks/github"
+    replay = standin.deliver(job, "queued", delivery="delivery-1201")
+    assert replay.status_code == 200 and "replayed" in replay.json()["status"]
+    again = standin.deliver(job, "queued", delivery="delivery-1201-new")  # a new id: the record says no
+    assert again.status_code == 202
+    # the idle runner kept running through the restart, and its idle timeout still ends it
+    ended = gh.wait_job(sr["id"], "cancelled", timeout=IDLE_TIMEOUT + 20)
+    assert "no job within" in ended["reason"] or any("no job within" in h["reason"] for h in ended["history"])
+    assert len(standin.jit_requests(f"{CLUSTER}-1201-")) == 1 and len(gh.runner_jobs(1201)) == 1
+    standin.jobs[1201].status = "completed"
