@@ -98,6 +98,13 @@ def test_a_broken_upload_leaves_no_partial_file(tmp_path: Path) -> None:
             await reg.put_blob(sha(KERNEL), broken())
         assert not reg.blobs.has(sha(KERNEL))
         assert os.listdir(tmp_path / "images" / "blobs" / "tmp") == []
+        reg.blobs.tmp.rmdir()  # the disk refuses (root ignores modes: a file in the way)
+        reg.blobs.tmp.write_bytes(b"not a directory")
+        with pytest.raises(BlobError, match="cannot store it") as info:
+            await reg.put_blob(sha(KERNEL), chunks(KERNEL))
+        assert info.value.status == 507
+        reg.blobs.tmp.unlink()
+        reg.blobs.tmp.mkdir()
         reg.blobs.max_size = 10
         with pytest.raises(BlobError, match="larger than 10") as info:
             await reg.put_blob(sha(KERNEL), chunks(KERNEL))

@@ -153,6 +153,7 @@ def _view(registry: ImageRegistry, i: ImageRecord) -> ImageView:
 
 _BLOB_ERRORS: dict[int | str, dict[str, Any]] = {
     413: {"model": ErrorBody, "description": "the blob is larger than the registry takes"},
+    507: {"model": ErrorBody, "description": "the registry could not write it (disk full, I/O error)"},
     422: {
         "model": ErrorBody,
         "description": "the digest is malformed, or the content's sha256 is not the digest it was sent as",

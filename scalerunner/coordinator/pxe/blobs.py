@@ -30,7 +30,7 @@ MAX_BLOB = 4 << 30  # bytes; a RAM-booted node's initrd is far smaller
 
 class BlobError(CoordinatorError):
     """A blob could not be stored: ``status`` is the HTTP answer (413 too large, 422 bad digest
-    or content that does not match it), ``digest`` the blob announced."""
+    or content that does not match it, 507 the registry's disk failed), ``digest`` the blob."""
 
     def __init__(self, status: int, digest: str, detail: str) -> None:
         super().__init__(f"blob {digest}: {detail}")
@@ -86,22 +86,38 @@ class BlobStore:
             return final.stat().st_size, False
         hasher = hashlib.sha256()
         size = 0
-        fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=f"{digest[:12]}-")
+
+        def disk(exc: OSError) -> BlobError:  # the registry's disk failed, not the client
+            return BlobError(507, digest, f"cannot store it in {self.root}: {exc.strerror or exc}")
+
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.tmp, prefix=f"{digest[:12]}-")
+        except OSError as exc:
+            raise disk(exc) from exc
         try:
             with os.fdopen(fd, "wb") as f:
-                async for piece in body:
+                async for piece in body:  # a client that goes away raises here, as itself
                     size += len(piece)
                     if size > self.max_size:
                         raise BlobError(413, digest, f"larger than {self.max_size} bytes")
                     hasher.update(piece)
-                    f.write(piece)
-                await asyncio.to_thread(_sync, f)
+                    try:
+                        f.write(piece)
+                    except OSError as exc:
+                        raise disk(exc) from exc
+                try:
+                    await asyncio.to_thread(_sync, f)
+                except OSError as exc:
+                    raise disk(exc) from exc
             got = hasher.hexdigest()
             if got != digest:
                 raise BlobError(422, digest, f"the content's sha256 is {got}, not the digest it was sent as")
-            os.chmod(tmp, 0o444)
-            os.replace(tmp, final)
-            await asyncio.to_thread(fsync_dir, self.dir)
+            try:
+                os.chmod(tmp, 0o444)
+                os.replace(tmp, final)
+                await asyncio.to_thread(fsync_dir, self.dir)
+            except OSError as exc:
+                raise disk(exc) from exc
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp)
