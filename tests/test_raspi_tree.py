@@ -206,3 +206,27 @@ def test_ipxe_binaries_are_copied_and_reported(tmp_path: Path) -> None:
     assert (have.bios, have.efi_x64, have.efi_arm64) == ("undionly.kpxe", "snponly.efi", None)
     assert (tmp_path / "tftp" / "undionly.kpxe").read_bytes() == b"undi"
     assert (tmp_path / "tftp" / "undionly.kpxe").stat().st_mode & 0o777 == 0o644
+
+
+def test_tree_is_rebuilt_with_a_fresh_token_before_the_old_one_expires(tmp_path: Path) -> None:
+    images = Images(tmp_path / "blobs")
+    images.put("1", pi_contents())
+    now = [0.0]
+    minted: list[str] = []
+
+    async def token(node: str) -> str:
+        minted.append(node)
+        return f"t{len(minted)}"
+
+    t = TftpTree(tmp_path / "tftp", BOOT, [PI], images, token=token, token_max_age=450, clock=lambda: now[0])
+
+    async def run() -> None:
+        assert await t.refresh() == ["pi1"]
+        now[0] = 449
+        assert await t.refresh() == []
+        now[0] = 451
+        assert await t.refresh() == ["pi1"]
+
+    asyncio.run(run())
+    assert minted == ["pi1", "pi1"]
+    assert "scalerunner.token=t2" in (tmp_path / "tftp" / "1a2b3c4d" / "cmdline.txt").read_text()

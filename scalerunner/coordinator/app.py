@@ -14,6 +14,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import uvicorn
 
 from .. import __version__
@@ -23,7 +24,7 @@ from .broker import ExternalBroker, ManagedBroker, TlsFiles
 from .dashboard import Feed
 from .errors import ConfigError
 from .github import GitHubService
-from .inventory import Inventory
+from .inventory import Inventory, Node
 from .jobs.api import view as job_view
 from .jobs.core import SchedulerConfig
 from .jobs.manager import JobManager
@@ -36,8 +37,11 @@ from .power.manager import PowerManager
 from .power.metrics import PowerCollector
 from .power.service import PowerService
 from .pxe.base import ImageSource
+from .pxe.dhcp import DnsmasqService
 from .pxe.http import BootServer
+from .pxe.nodeinitrd import NodeSettings, settings_archive
 from .pxe.registry import ImageRegistry
+from .pxe.tftp import TftpTree
 from .pxe.tokens import BootTokens
 from .store import Event, Store, open_store
 
@@ -183,6 +187,8 @@ class Coordinator:
         self.boot_images: ImageSource = boot_images if boot_images is not None else self.images
         self.boot_port = boot_port
         self.boot: BootServer | None = None
+        self.tftp: TftpTree | None = None  # with [boot.dhcp] mode proxy or full
+        self.dhcp: DnsmasqService | None = None
         self._server: uvicorn.Server | None = None
         self._stops: list[Callable[[], Awaitable[None]]] = []  # of the parts started, in order
 
@@ -245,6 +251,8 @@ class Coordinator:
         self._stops.append(self.link.stop)
         if self.inventory.boot.enabled:
             await self._start_boot()
+            if self.inventory.boot.dhcp.mode != "off":
+                await self._start_dhcp()
         # The socket is bound here, not by uvicorn: a port in use is a ConfigError naming it
         # (uvicorn would log it and raise SystemExit), and port 0 needs no pick-then-bind race.
         sock = bind_api(self.api_host, self.api_port, self.source)
@@ -312,6 +320,36 @@ class Coordinator:
         await self.boot.start()
         self._stops.append(self.boot.stop)
         self.nodes.boot = self.boot  # its counters in /metrics
+
+    async def _start_dhcp(self) -> None:
+        """dnsmasq (DHCP and TFTP, docs/dhcp-tftp.md) and the TFTP tree it serves, once the boot
+        HTTP server has its port (iPXE is pointed at it)."""
+        assert self.boot is not None and self.boot_images is not None
+        boot = msgspec.structs.replace(
+            self.inventory.boot, listen=f"{self.inventory.boot.host}:{self.boot.port}"
+        )
+        cluster, broker = self.inventory.cluster.name, self.broker
+
+        def settings(node: Node) -> bytes:  # a Pi's settings initrd, as the boot server serves it
+            return settings_archive(
+                NodeSettings.of(node, cluster=cluster, broker_host=boot.address, broker_port=broker.port)
+            )
+
+        tokens = BootTokens(self.store, boot.token_ttl)
+        self.tftp = TftpTree(
+            self.state_dir / "tftp",
+            boot,
+            self.inventory.nodes,
+            self.boot_images,
+            settings=settings,
+            token=tokens.mint,
+            token_max_age=boot.token_ttl / 2,
+        )
+        await self.tftp.start()
+        self._stops.append(self.tftp.stop)
+        self.dhcp = DnsmasqService(boot, self.inventory.nodes, self.state_dir, self.tftp.root)
+        await self.dhcp.start()
+        self._stops.append(self.dhcp.stop)
 
     async def stop(self) -> None:
         """Stop what was started, in reverse order; a part that fails to stop does not keep

@@ -28,6 +28,7 @@ import logging
 import os
 import shutil
 import stat
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
@@ -65,6 +66,8 @@ class TftpTree:
         token: TokenHook | None = None,
         ipxe_dir: Path = IPXE_DIR,
         interval: float = 30.0,
+        token_max_age: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.root = root.absolute()
         self.boot = boot
@@ -74,7 +77,11 @@ class TftpTree:
         self.token = token
         self.ipxe_dir = ipxe_dir
         self.interval = interval
-        self._built: dict[str, str] = {}  # node -> key of what its directory was built from
+        # A token is minted when the directory is built and lives [boot] token_ttl: the
+        # directory is rebuilt with a fresh one once its token is this old.
+        self.token_max_age = token_max_age
+        self.clock = clock
+        self._built: dict[str, tuple[str, float]] = {}  # node -> (what it was built from, when)
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -160,7 +167,13 @@ class TftpTree:
             return False
         settings = self.settings(node) if self.settings is not None else b""
         key = _key(image, settings)
-        if self._built.get(node.name) == key and target.is_dir():
+        built = self._built.get(node.name)
+        fresh = (
+            self.token is None
+            or self.token_max_age is None
+            or (built is not None and self.clock() - built[1] < self.token_max_age)
+        )
+        if built is not None and built[0] == key and fresh and target.is_dir():
             return False
         token = await self.token(node.name) if self.token is not None else None
         boot = PiBoot(node=node.name, mac=node.mac, image=image, base_url=self.base_url, token=token)
@@ -190,7 +203,7 @@ class TftpTree:
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
-        self._built[node.name] = key
+        self._built[node.name] = (key, self.clock())
         log.info(
             "Pi TFTP tree built",
             extra={"node": node.name, "dir": target.name, "image": image.name, "version": image.version},
