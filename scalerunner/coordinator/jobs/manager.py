@@ -77,6 +77,25 @@ CommandSender = Callable[[str, Command], Awaitable[Reply]]
 NO_LIMIT_MB = 2**40  # a node whose memory the inventory does not give: memory is no limit
 AUDIT_INTERVAL = 1.0  # s between looks for missing log chunks
 RESEND_TRIES = 10  # resend requests per attempt before the missing chunks become gaps
+CHECK_HISTORY_JOBS = 10_000  # recent jobs read at start to recall each node's last health check
+
+
+def check_history(jobs: Iterable[Job]) -> tuple[dict[str, float], dict[str, int]]:
+    """Per node, when its last health check was asked for and how many other attempts were
+    dispatched to it since, from the jobs the store holds: what ``_checked_at`` and ``_jobs_since``
+    were before a restart. A node whose last check is older than the jobs read is not in them."""
+    checked: dict[str, float] = {}
+    dispatched: list[tuple[str, float]] = []
+    for job in jobs:
+        if job.check and job.pin is not None:
+            checked[job.pin] = max(checked.get(job.pin, job.submitted_at), job.submitted_at)
+        elif not job.check:
+            dispatched += [(a.node, a.dispatched_at) for a in job.attempts]
+    since = dict.fromkeys(checked, 0)
+    for node, at in dispatched:
+        if node in checked and at >= checked[node]:
+            since[node] += 1
+    return checked, since
 
 
 class ArtifactError(Exception):
@@ -166,6 +185,11 @@ class JobManager:
                 held = set(await self.store.log_seqs(job.id, a.number))
                 self._audits[(job.id, a.number)] = _LogAudit(a.node, held, a.log_chunks)
             self.scheduler.restore(job)
+        # Health checks stay due on their own schedule across a restart (not counted from it).
+        recent = await self.store.list_jobs(None, limit=CHECK_HISTORY_JOBS)
+        checked, since = check_history(msgspec.convert(row.data, type=Job) for row in recent)
+        self._checked_at.update(checked)
+        self._jobs_since.update(since)
         self._loop_task = asyncio.create_task(self._loop(), name="jobs-scheduler")
         self._audit_task = asyncio.create_task(self._audit_loop(), name="jobs-log-audit")
 
