@@ -9,7 +9,8 @@ in DESIGN.md (under 1 s, at most 30 MB) as headroom, budget / measured, so >= 1 
 
 A second run gives the agent an LED indicator (``led_serial``): the real LED firmware under the
 MicroPython unix port on a pty, joined to the pty the agent opens by a relay thread. That run loads
-the serial protocol (construct, pyserial) and drives the gauge every telemetry cycle.
+the agent's LED client (nodeagent/ledclient.py: a struct codec and a window-of-one link, neither
+construct nor pyserial) and drives the gauge every telemetry cycle.
 """
 
 from __future__ import annotations

@@ -94,7 +94,7 @@ def test_the_agent_module_does_not_load_the_serial_protocol_or_the_coordinator()
     assert out.stdout.strip() == ""
 
 
-def test_the_led_client_the_driver_loads_brings_no_web_framework() -> None:
+def test_the_coordinators_led_client_brings_no_web_framework() -> None:
     code = (
         "import sys; from scalerunner.coordinator.serial.led import LedClient;"
         "print(' '.join(sorted({m.split('.')[0] for m in sys.modules}"
