@@ -7,7 +7,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo demo-serial demo-control-plane test test-fast lint bench screenshot clean
 
+# The amd64 node image (.cache/node-image/amd64) the image tests boot: reused while its inputs are
+# unchanged, so quick after the first build (about a minute, docs/images.md).
 setup: $(STAMP)
+	bash tools/build-node-image.sh .cache/node-image
 
 $(STAMP): pyproject.toml tools/apt-packages.txt tools/setup-apt.sh tools/setup-snmpsim.sh tools/snmpsim-requirements.txt tools/fetch-raspi-files.sh
 	bash tools/setup-apt.sh tools/apt-packages.txt

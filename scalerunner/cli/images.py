@@ -28,6 +28,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..coordinator.pxe.rules import ARCHES, file_name_problem, name_problem
+from ..imagebuild.cli import build as image_build
 from . import exits
 from .client import Api, fail, token_option, url_option
 
@@ -61,7 +62,7 @@ def images() -> None:
     """The boot images nodes network-boot: add, list, promote to a group, roll back, remove."""
 
 
-# Engineer C adds `images build` here: images.add_command(build) (cli/image_build.py).
+images.add_command(image_build)  # scalerunner/imagebuild/cli.py
 
 
 def collect(

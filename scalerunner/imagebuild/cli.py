@@ -16,8 +16,9 @@ import click
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
+from ..cli.client import token_option, url_option
 from ..cli.exits import FAILED, USAGE
-from .builder import INITRD_FILE, build_image
+from .builder import INITRD_FILE, BuildResult, build_image
 from .spec import ARCHES, DEFAULT_MIRROR, DEFAULT_SECURITY_MIRROR, DEFAULT_SUITE, BuildError
 
 __all__ = ["RichReporter", "build"]
@@ -103,8 +104,10 @@ class RichReporter:
     nargs=2,
     metavar="NAME VERSION",
     default=None,
-    help="Then upload the image to the coordinator's registry as NAME VERSION (images add).",
+    help="Then add the image to the coordinator's registry as NAME VERSION (as `images add` does).",
 )
+@url_option
+@token_option
 @click.pass_context
 def build(
     ctx: click.Context,
@@ -118,6 +121,8 @@ def build(
     cache_dir: Path | None,
     force: bool,
     add: tuple[str, str] | None,
+    url: str | None,
+    token: str | None,
 ) -> None:
     """Build a RAM-bootable node image: Debian's kernel and an initramfs holding a Debian root
     with python3 and the node agent, started at boot (docs/images.md)."""
@@ -150,18 +155,28 @@ def build(
         highlight=False,
     )
     if add is not None:
-        _add(ctx, out_dir, *add)
+        _add(ctx, result, add, url, token)
     else:
         click.echo(str(out_dir))
 
 
-def _add(ctx: click.Context, out_dir: Path, name: str, version: str) -> None:
-    """Upload through ``images add`` (its own output and exit code)."""
-    try:
-        from ..cli.images import add_built_image  # type: ignore[attr-defined]
-    except ImportError:
-        click.echo(
-            "scalerunner images build: --add needs `scalerunner images add` (not in this version)", err=True
-        )
-        sys.exit(FAILED)
-    ctx.invoke(add_built_image, out_dir=out_dir, name=name, version=version)
+def _add(
+    ctx: click.Context, result: BuildResult, add: tuple[str, str], url: str | None, token: str | None
+) -> None:
+    """Upload through ``images add`` (which prints ``NAME VERSION`` and exits as documented)."""
+    from ..cli.images import images_add  # here: cli.images registers this command
+
+    name, version = add
+    ctx.invoke(
+        images_add,
+        name=name,
+        version=version,
+        arch=result.manifest.arch,
+        kernel=result.kernel,
+        initrds=(result.initrd,),
+        dtbs=(),
+        firmware=(),
+        cmdline=result.manifest.cmdline,
+        url=url,
+        token=token,
+    )
