@@ -57,6 +57,13 @@ def test_a_failed_request_backs_off_and_is_made_again_under_a_new_name() -> None
     assert r.records[7].retry_at - r.records[7].since == 300.0
 
 
+def test_a_rate_limit_waits_for_its_reset() -> None:
+    r = core()
+    r.queued(7, "acme/w", "pool", [], 0.0, "webhook")
+    r.request_failed(7, "rate limited", 0.0, wait=1800.0)
+    assert r.records[7].retry_at == 1800.0 and r.tick(1799.0) == []
+
+
 def test_the_runner_runs_takes_the_job_and_ends_done() -> None:
     r = core()
     r.queued(7, "acme/w", "pool", [], 0.0, "webhook")

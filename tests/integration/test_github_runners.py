@@ -10,6 +10,8 @@ One coordinator serves the module; each test queues its own workflow job ids.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import re
 import sys
 import threading
@@ -18,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.integration.github_standin import GitHubStandIn, WJob
@@ -152,6 +155,22 @@ def test_a_bad_or_missing_signature_is_refused_and_nothing_is_queued(
     assert standin.deliver(job, "queued", secret=b"not the secret").status_code == 401
     assert standin.deliver(job, "queued", signature=None).status_code == 401
     assert standin.deliver(job, "queued", signature="sha256=" + "0" * 64).status_code == 401
+    # signed, but not a workflow_job payload: 400 naming the field, and it is not remembered
+    body = b'{"action": "queued", "repository": {"full_name": "acme/widgets"}}'
+    mac = hmac.new(SECRET, body, hashlib.sha256).hexdigest()
+    headers = {
+        "X-GitHub-Event": "workflow_job",
+        "X-GitHub-Delivery": "d-101",
+        "X-Hub-Signature-256": f"sha256={mac}",
+    }
+    bad = httpx.post(standin.webhook_url, content=body, headers=headers, timeout=10)
+    assert bad.status_code == 400 and "workflow_job" in bad.json()["error"]
+    ping = httpx.post(
+        standin.webhook_url, content=body, headers={**headers, "X-GitHub-Event": "ping"}, timeout=10
+    )
+    assert ping.status_code == 200
+    responses = gh.api("GET", "/openapi.json").json()["paths"]["/webhooks/github"]["post"]["responses"]
+    assert {"200", "202", "400", "401", "503"} <= set(responses), "the spec lists what the route answers"
     time.sleep(1.0)
     assert standin.jit_requests(f"{CLUSTER}-101-") == [], "no runner was asked for"
     assert gh.runner_jobs(101) == [], "no job was queued"

@@ -188,7 +188,9 @@ class Runners:
             return self._cancel(r, RunnerState.CANCELLED, f"{why} before this runner started", at)
         return []
 
-    def request_failed(self, gh_job: int, why: str, at: float) -> list[Action]:
+    def request_failed(self, gh_job: int, why: str, at: float, wait: float = 0.0) -> list[Action]:
+        """The JIT request or the submit failed; ``wait``: at least this long before the next
+        (a rate limit's reset)."""
         r = self.records.get(gh_job)
         if r is None or r.state is not RunnerState.REQUESTED:
             return []
@@ -196,7 +198,7 @@ class Runners:
         if r.gh_done or r.taken_by:
             self._move(r, RunnerState.DONE, f"request failed ({why}); the job needs no runner now", at)
             return []
-        delay = min(RETRY_BASE * 2 ** (r.failures - 1), RETRY_CAP)
+        delay = max(min(RETRY_BASE * 2 ** (r.failures - 1), RETRY_CAP), wait)
         r = msgspec.structs.replace(r, retry_at=at + delay)
         self._move(r, RunnerState.WAITING, f"request failed: {why}; next try in {delay:.0f}s", at)
         return []

@@ -257,8 +257,8 @@ class GitHubService:
         except GitHubApiError as exc:
             self.counters["api_errors"] += 1
             log.error("cannot make runner %s: %s", a.name, exc, extra={**extra, "endpoint": exc.endpoint})
-            why = str(exc)
-            await self._apply(lambda now: self.core.request_failed(a.gh_job, why, now))
+            why, wait = str(exc), exc.retry_after or 0.0
+            await self._apply(lambda now: self.core.request_failed(a.gh_job, why, now, wait))
             return
         token = secrets.token_urlsafe(32)
         key = hashlib.sha256(token.encode()).hexdigest()
@@ -417,6 +417,8 @@ class GitHubService:
             except GitHubApiError as exc:
                 self.counters["api_errors"] += 1
                 log.error("reconcile: cannot list the queued jobs of %s: %s", repo, exc, extra={"repo": repo})
+                if exc.retry_after is not None:
+                    break  # rate limited: the rest of this pass would be refused too
                 continue
             for q in queued:
                 taker = match_pool(self.config.pools, q.repo, q.labels)
