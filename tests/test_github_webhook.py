@@ -401,3 +401,24 @@ def test_an_unreachable_api_is_one_clear_error(tmp_path: Path) -> None:
         with pytest.raises(GitHubApiError) as exc:
             run(with_api(f"http://127.0.0.1:{port}", token, call))
     assert exc.value.status is None and f"cannot reach http://127.0.0.1:{port}" in str(exc.value)
+
+
+@pytest.mark.parametrize("content", [None, b"", b" \n"])
+def test_a_missing_or_empty_webhook_secret_stops_the_start_naming_the_file(
+    tmp_path: Path, content: bytes | None
+) -> None:
+    from scalerunner.coordinator.github import GitHubService
+
+    secret = tmp_path / "secret"
+    if content is not None:
+        secret.write_bytes(content)
+    config = GitHubConfig(
+        token_file=str(tmp_path / "token"),
+        webhook_secret_file=str(secret),
+        pools=(pool("p", "acme/w", ("self-hosted",)),),
+    )
+    service = GitHubService(config, "lab", None, tmp_path, lambda: "")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError) as exc:
+        run(service.start())
+    assert exc.value.path == str(secret)
+    assert not (tmp_path / "github.db").exists(), "nothing was opened"

@@ -33,6 +33,7 @@ import msgspec
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from ..errors import ConfigError
 from ..inventory import GitHubConfig, GitHubPool
 from ..jobs.core import TERMINAL as JOB_TERMINAL
 from ..jobs.core import JobState, JobStateError, UnknownJob
@@ -137,14 +138,19 @@ class GitHubService:
         self._claims: dict[str, _Claim] = {}  # sha256 of the claim token -> the JIT config
         self._tasks: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
-        self._reconciled = asyncio.Event()
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._secret = (await asyncio.to_thread(Path(self.config.webhook_secret_file).read_bytes)).strip()
+        secret_file = Path(self.config.webhook_secret_file)
+        try:
+            self._secret = (await asyncio.to_thread(secret_file.read_bytes)).strip()
+        except OSError as exc:
+            raise ConfigError(
+                str(secret_file), "", f"cannot read the webhook secret: {exc.strerror or exc}"
+            ) from exc
         if not self._secret:
-            raise ValueError(f"github.webhook_secret_file {self.config.webhook_secret_file} is empty")
+            raise ConfigError(str(secret_file), "", "the webhook secret file is empty")
         self._db = await asyncio.to_thread(open_db, self.state_dir / "github.db")
         self._deliveries = Deliveries(self._db, self._db_lock)
         await asyncio.to_thread(self._db_exec, _RUNNERS_TABLE)
@@ -392,7 +398,6 @@ class GitHubService:
                 await self.reconcile()
             except Exception:
                 log.exception("github reconcile failed")
-            self._reconciled.set()
             await asyncio.sleep(self.config.reconcile_interval)
 
     async def reconcile(self) -> int:
