@@ -8,7 +8,7 @@ files, ``node/`` the scripts that boot it (``/init``, the agent's restart loop, 
 """
 
 from .builder import BuildResult, NullReporter, Reporter, build_image, default_cache_dir
-from .manifest import MANIFEST, ImageFile, KernelInfo, Manifest, read_manifest
+from .manifest import MANIFEST, ImageFile, KernelInfo, Layer, Manifest, read_manifest
 from .spec import ARCHES, DEFAULT_CMDLINE, BuildError, BuildSpec
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "BuildSpec",
     "ImageFile",
     "KernelInfo",
+    "Layer",
     "Manifest",
     "NullReporter",
     "Reporter",

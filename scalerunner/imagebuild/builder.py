@@ -31,7 +31,7 @@ import msgspec
 
 from .. import __version__
 from ..atomic import fsync_dir
-from .manifest import MANIFEST, ImageFile, KernelInfo, Manifest, read_manifest, write_manifest
+from .manifest import MANIFEST, ImageFile, KernelInfo, Layer, Manifest, read_manifest, write_manifest
 from .spec import (
     AGENT_REQUIREMENTS,
     DEFAULT_CMDLINE,
@@ -114,17 +114,32 @@ def default_cache_dir() -> Path:
 
 
 def pinned_requirements(names: Sequence[str] = AGENT_REQUIREMENTS) -> tuple[str, ...]:
-    """The agent's dependencies at the versions this environment runs (tested together), so the
-    image's base layer is rebuilt exactly when one of them moves."""
-    from importlib.metadata import PackageNotFoundError, version
+    """``names`` and everything they require, at the versions this environment runs (tested
+    together), as ``Name==version``: the image gets exactly these (pip --no-deps), and the base
+    layer is rebuilt exactly when one of them moves."""
+    from importlib.metadata import PackageNotFoundError, distribution
 
-    pins = []
-    for name in names:
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    pins: dict[str, str] = {}
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if canonicalize_name(name) in pins:
+            continue
         try:
-            pins.append(f"{name}=={version(name)}")
-        except PackageNotFoundError:
-            pins.append(name)
-    return tuple(pins)
+            dist = distribution(name)
+        except PackageNotFoundError as exc:
+            raise BuildError(
+                "pip", f"{name}, which the agent needs, is not installed here (make setup)"
+            ) from exc
+        pins[canonicalize_name(name)] = f"{dist.metadata['Name']}=={dist.version}"
+        for text in dist.requires or ():
+            req = Requirement(text)
+            if req.marker is None or req.marker.evaluate({"extra": ""}):
+                todo.append(req.name)
+    return tuple(sorted(pins.values(), key=str.lower))
 
 
 # -- running tools ------------------------------------------------------------------------------
@@ -453,18 +468,24 @@ def _files_match(out_dir: Path, manifest: Manifest) -> bool:
     return True
 
 
-def _concat(parts: Sequence[Path], out: Path, align: int = 1) -> None:
-    """``parts`` one after the other, each padded with zeros to a multiple of ``align`` bytes."""
+def _concat(parts: Sequence[Path], out: Path, align: int = 1) -> list[tuple[int, int]]:
+    """``parts`` one after the other, the whole padded with zeros to a multiple of ``align``;
+    returns each part's (offset, size). No padding between parts: a compressed archive may
+    follow another at any offset, and zeros in between would stop the zstd tool (not the kernel)."""
     tmp = out.with_name(f".{out.name}.tmp")
+    spans = []
     with tmp.open("wb") as w:
         for part in parts:
+            offset = w.tell()
             with part.open("rb") as r:
                 shutil.copyfileobj(r, w, 1 << 20)
-            w.write(b"\0" * (-w.tell() % align))
+            spans.append((offset, w.tell() - offset))
+        w.write(b"\0" * (-w.tell() % align))
         w.flush()
         os.fsync(w.fileno())
     tmp.chmod(0o644)
     os.replace(tmp, out)
+    return spans
 
 
 def build_image(
@@ -531,7 +552,7 @@ def build_image(
         rep.stage(f"writing {out_dir}")
         # The kernel looks for the next archive at a 4-byte boundary and skips zeros before it:
         # padded, a node's settings initrd may follow this file directly.
-        _concat([base_dir / "root.cpio.zst", agent_layer], out_dir / INITRD_FILE, align=4)
+        spans = _concat([base_dir / "root.cpio.zst", agent_layer], out_dir / INITRD_FILE, align=4)
         _concat([base_dir / KERNEL_FILE], out_dir / KERNEL_FILE)
         fsync_dir(out_dir)
         built = [
@@ -551,6 +572,10 @@ def build_image(
             python_packages=info.python_packages,
             base_key=base_key,
             agent_key=agent_key,
+            layers=[
+                Layer(name=name, offset=offset, size=size)
+                for name, (offset, size) in zip(("base", "agent"), spans, strict=True)
+            ],
             source_date_epoch=info.source_date_epoch,
             built_at=datetime.now(UTC).isoformat(timespec="seconds"),
             build_seconds=round(time.monotonic() - started, 1),

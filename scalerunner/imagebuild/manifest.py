@@ -13,7 +13,7 @@ import msgspec
 
 from ..atomic import atomic_write
 
-__all__ = ["MANIFEST", "ImageFile", "KernelInfo", "Manifest", "read_manifest", "write_manifest"]
+__all__ = ["MANIFEST", "ImageFile", "KernelInfo", "Layer", "Manifest", "read_manifest", "write_manifest"]
 
 MANIFEST = "manifest.json"
 SCHEMA = 1
@@ -31,6 +31,15 @@ class KernelInfo(msgspec.Struct, frozen=True, kw_only=True):
     release: str  # uname -r
 
 
+class Layer(msgspec.Struct, frozen=True, kw_only=True):
+    """One zstd-compressed newc archive inside ``initrd.img`` (bytes ``offset`` to ``offset+size``):
+    ``base`` the Debian root, ``agent`` the project and the boot scripts, unpacked over it."""
+
+    name: str
+    offset: int
+    size: int
+
+
 class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     schema: int = SCHEMA
     arch: str
@@ -45,6 +54,7 @@ class Manifest(msgspec.Struct, frozen=True, kw_only=True):
     python_packages: dict[str, str]  # the agent's dependencies -> version
     base_key: str
     agent_key: str
+    layers: list[Layer]
     source_date_epoch: int
     built_at: str  # ISO 8601, UTC
     build_seconds: float

@@ -46,16 +46,18 @@ DEFAULT_CMDLINE = "console=tty0 console=ttyS0,115200 panic=10"
 ZSTD_LEVEL = 12  # ~4x on a Debian root in ~10 s on one core; -19 saves 10 % for 5x the time
 MKTIRFS = "/usr/sbin/mktirfs"
 
-# What the agent imports (a test compares this with the real import closure of the agent,
-# its LED driver included); the coordinator's own dependencies stay out of the image.
+# What the agent and the HIL bench import (a test compares this with the distributions that
+# importing every module of scalerunner.nodeagent loads, httpx included, which the job executor
+# imports only for artifacts); the builder adds what these require. The coordinator's own
+# dependencies stay out of the image.
 AGENT_REQUIREMENTS = (
     "aiomqtt",
     "click",
     "cobs",
-    "construct",
+    "httpx",
     "msgspec",
     "paho-mqtt",
-    "pyserial",
+    "rich",
     "typing_extensions",
 )
 
@@ -188,7 +190,7 @@ def pip_deps_argv(
     pip builds what has no wheel (cobs). On another one only wheels for its platform and Python
     will do, since nothing can be compiled for it here.
     """
-    argv = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    argv = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-deps"]
     argv += ["--no-warn-script-location", "--target", target]
     if cross:
         argv += ["--only-binary=:all:", f"--python-version={python_version}", "--implementation=cp"]
