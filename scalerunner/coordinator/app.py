@@ -347,7 +347,9 @@ class Coordinator:
         )
         await self.tftp.start()
         self._stops.append(self.tftp.stop)
-        self.dhcp = DnsmasqService(boot, self.inventory.nodes, self.state_dir, self.tftp.root)
+        self.dhcp = DnsmasqService(
+            boot, self.inventory.nodes, self.state_dir, self.tftp.root, source=self.source
+        )
         await self.dhcp.start()
         self._stops.append(self.dhcp.stop)
 

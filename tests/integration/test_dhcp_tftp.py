@@ -27,7 +27,7 @@ import pytest
 
 from scalerunner.coordinator.inventory import Inventory, loads_inventory
 from scalerunner.coordinator.pxe.base import BootFile, BootImage, FileRole
-from scalerunner.coordinator.pxe.dhcp import DnsmasqService
+from scalerunner.coordinator.pxe.dhcp import DnsmasqError, DnsmasqService
 from scalerunner.coordinator.pxe.tftp import TftpTree
 from tests import dhcp_wire as w
 from tests.integration import netlab
@@ -466,3 +466,29 @@ def test_full_mode_pi_gets_option_43_and_tftp_server_as_address(full: Served) ->
     assert b"Raspberry Pi Boot" in offer.options[43]
     assert offer.text_option(66) == full.lab.server_ip
     assert offer.file_name == ""
+
+
+def test_dnsmasq_that_cannot_start_fails_with_its_own_words(tmp_path: Path) -> None:
+    text = f"""
+[cluster]
+name = "lab"
+
+[boot]
+enabled = true
+listen = "10.99.0.1:8069"
+advertise = "10.99.0.1"
+
+[boot.dhcp]
+mode = "proxy"
+interface = "srb-absent0"
+subnet = "10.99.0.0/24"
+dnsmasq = "{DNSMASQ}"
+"""
+    inv = loads_inventory(text, tmp_path / "scalerunner.toml")
+    service = DnsmasqService(inv.boot, inv.nodes, tmp_path / "state", tmp_path / "tftp")
+    (tmp_path / "tftp").mkdir()
+    with pytest.raises(DnsmasqError) as info:
+        asyncio.run(service.start())
+    assert info.value.interface == "srb-absent0"
+    assert "exited with code" in info.value.detail and "srb-absent0" in info.value.detail
+    assert service.pid is None

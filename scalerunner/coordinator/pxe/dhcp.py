@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ...atomic import atomic_write
 from ..broker.supervisor import restart_delay
-from ..errors import CoordinatorError
+from ..errors import ConfigError
 from ..inventory import BootConfig, Node
 from .dnsmasq import DnsmasqConfig, IpxeBinaries, render
 
@@ -34,11 +34,13 @@ log = logging.getLogger("scalerunner.coordinator.dhcp")
 _READY_MARK = "TFTP root is"
 
 
-class DnsmasqError(CoordinatorError):
-    """dnsmasq could not be configured or started; ``interface`` is the provisioning interface."""
+class DnsmasqError(ConfigError):
+    """dnsmasq could not be configured or started; ``interface`` is the provisioning interface.
+    A ConfigError (key ``boot.dhcp``): what stops it is nearly always the inventory's interface
+    or a port another DHCP/TFTP server holds, and ``scalerunner up`` reports it as such (exit 2)."""
 
-    def __init__(self, interface: str, detail: str) -> None:
-        super().__init__(f"dnsmasq on {interface}: {detail}")
+    def __init__(self, interface: str, detail: str, source: str = "inventory") -> None:
+        super().__init__(source, "boot.dhcp", f"dnsmasq on {interface}: {detail}")
         self.interface = interface
         self.detail = detail
 
@@ -58,8 +60,10 @@ class DnsmasqService:
         restart_initial: float = 0.25,
         restart_cap: float = 30.0,
         stable_after: float = 30.0,
+        source: str = "inventory",
     ) -> None:
         self.boot = boot
+        self.source = source  # the inventory file, named in errors
         self.nodes = tuple(nodes)
         self.interface = boot.dhcp.interface or "?"
         self.directory = state_dir.absolute() / "dnsmasq"
@@ -109,12 +113,12 @@ class DnsmasqService:
         try:
             text = self.config_text()
         except ValueError as exc:
-            raise DnsmasqError(self.interface, str(exc)) from exc
+            raise DnsmasqError(self.interface, str(exc), self.source) from exc
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             atomic_write(self.conf, text.encode(), 0o644)
         except OSError as exc:
-            raise DnsmasqError(self.interface, f"cannot write {self.conf}: {exc}") from exc
+            raise DnsmasqError(self.interface, f"cannot write {self.conf}: {exc}", self.source) from exc
         await self._launch()
         self._watch_task = asyncio.create_task(self._watch(), name="dnsmasq-watch")
         log.info(
@@ -155,7 +159,9 @@ class DnsmasqService:
                 start_new_session=True,  # the coordinator's Ctrl-C is for the coordinator
             )
         except OSError as exc:
-            raise DnsmasqError(self.interface, f"cannot run {self.boot.dhcp.dnsmasq}: {exc}") from exc
+            raise DnsmasqError(
+                self.interface, f"cannot run {self.boot.dhcp.dnsmasq}: {exc}", self.source
+            ) from exc
         self._proc = proc
         self._reader = asyncio.create_task(self._read_log(proc), name="dnsmasq-log")
         try:
@@ -168,12 +174,16 @@ class DnsmasqService:
         except TimeoutError:
             await self._terminate(proc)
             raise DnsmasqError(
-                self.interface, f"not ready within {self._ready_timeout:g} s; its log: {self._log_tail()}"
+                self.interface,
+                f"not ready within {self._ready_timeout:g} s; its log: {self._log_tail()}",
+                self.source,
             ) from None
         if not self._ready.is_set():
             await self._terminate(proc)
             raise DnsmasqError(
-                self.interface, f"exited with code {proc.returncode} at start; its log: {self._log_tail()}"
+                self.interface,
+                f"exited with code {proc.returncode} at start; its log: {self._log_tail()}",
+                self.source,
             )
         self._started_at = time.monotonic()
 
