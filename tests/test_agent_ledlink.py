@@ -12,6 +12,7 @@ import random
 import subprocess
 import sys
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -144,3 +145,16 @@ def test_the_agents_led_client_loads_no_construct_pyserial_or_coordinator() -> N
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_the_agents_led_client_reads_the_state_event_as_the_coordinators_client_does() -> None:
+    from scalerunner.coordinator.serial import led as coordinator_led
+    from scalerunner.nodeagent import ledclient
+
+    assert ledclient.EV_STATE == coordinator_led.EV_STATE
+    for text in ("mode=GAUGE lost=0 px=00ff00", "mode=IDENTIFY lost=12 px=", " mode=OFF lost=3 px=ab\n"):
+        theirs = coordinator_led.parse_state(text)
+        assert ledclient.parse_shows(text) == ledclient.LedShows(theirs.mode, theirs.lost)
+    for bad in ("mode=GAUGE", "lost=1 px=00", ""):
+        with pytest.raises(ValueError, match="not an LED state"):
+            ledclient.parse_shows(bad)
