@@ -106,6 +106,7 @@ def test_client_classes_and_their_files() -> None:
     assert f"dhcp-boot=tag:boot-ipxe,{ipxe_script_url(boot())},,10.77.0.1" in d
     assert ipxe_script_url(boot()) == "http://10.77.0.1:8069/boot/ipxe?mac=${net0/mac}"
     assert 'pxe-service=tag:boot-pi,0,"Raspberry Pi Boot"' in d
+    assert "dhcp-boot=tag:boot-pi,,,10.77.0.1" in d  # siaddr only, no file
 
 
 def test_a_pi_is_recognised_by_prefix_option_97_or_serial_and_excluded_from_x86_and_ipxe() -> None:

@@ -326,6 +326,7 @@ def test_proxy_pi_by_mac_with_arch_0_gets_option_43_and_no_x86_file(proxy: Serve
     assert b"Raspberry Pi Boot" in offer.options[43]
     assert [t for _, t in _menu_items(offer.options[43])] == ["Raspberry Pi Boot"]
     assert offer.file_name == ""
+    assert offer.siaddr == proxy.lab.server_ip  # the TFTP server, as an address
     # Even asked directly, the boot server hands a Pi no x86 binary.
     ack = proxy.boot_server_request("cli0", PI_MAC, b"\x80\x00", arch=0, vendor_class=w.pxe_vendor_class(0))
     assert ack is None or ack.file_name not in ("undionly.kpxe", "ipxe.efi")
@@ -464,7 +465,7 @@ def test_full_mode_pi_gets_option_43_and_tftp_server_as_address(full: Served) ->
     assert offers
     offer = offers[0]
     assert b"Raspberry Pi Boot" in offer.options[43]
-    assert offer.text_option(66) == full.lab.server_ip
+    assert offer.text_option(66) == full.lab.server_ip and offer.siaddr == full.lab.server_ip
     assert offer.file_name == ""
 
 

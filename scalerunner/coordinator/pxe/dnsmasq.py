@@ -210,6 +210,10 @@ def render(boot: BootConfig, nodes: Iterable[Node], cfg: DnsmasqConfig) -> Rende
         "Pi: option 43 carrying 'Raspberry Pi Boot' (its bootloader's test); no boot file - it "
         "fetches start4.elf and the rest from its own directory by TFTP",
     )
+    line(
+        f"dhcp-boot=tag:boot-pi,,,{server}",
+        "Pi: siaddr = the TFTP server's IPv4 address, with no file (proxy replies carry no option 66)",
+    )
     if d.mode == "full":
         line(
             f"dhcp-option=tag:boot-pi,66,{_quote(server)}",
