@@ -59,11 +59,11 @@ class Packet:
 
     @property
     def file_name(self) -> str:
-        return self.file.split(b"\0", 1)[0].decode()
+        return self.file.split(b"\0", 1)[0].decode(errors="replace")
 
     @property
     def server_name(self) -> str:
-        return self.sname.split(b"\0", 1)[0].decode()
+        return self.sname.split(b"\0", 1)[0].decode(errors="replace")
 
     def ip_option(self, code: int) -> str | None:
         raw = self.options.get(code)
