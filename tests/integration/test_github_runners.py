@@ -169,8 +169,12 @@ def test_a_bad_or_missing_signature_is_refused_and_nothing_is_queued(
         standin.webhook_url, content=body, headers={**headers, "X-GitHub-Event": "ping"}, timeout=10
     )
     assert ping.status_code == 200
+    huge = httpx.post(standin.webhook_url, content=b" " * (25 * 2**20 + 1), headers=headers, timeout=30)
+    assert huge.status_code == 413
     responses = gh.api("GET", "/openapi.json").json()["paths"]["/webhooks/github"]["post"]["responses"]
-    assert {"200", "202", "400", "401", "503"} <= set(responses), "the spec lists what the route answers"
+    assert {"200", "202", "400", "401", "413", "503"} <= set(responses), (
+        "the spec lists what the route answers"
+    )
     time.sleep(1.0)
     assert standin.jit_requests(f"{CLUSTER}-101-") == [], "no runner was asked for"
     assert gh.runner_jobs(101) == [], "no job was queued"

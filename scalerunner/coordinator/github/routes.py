@@ -21,6 +21,7 @@ from .webhook import WebhookError
 __all__ = ["install"]
 
 _bearer = HTTPBearer(auto_error=False)
+MAX_BODY = 25 * 2**20  # GitHub caps a delivery's payload at 25 MB
 
 
 def install(app: FastAPI, service: GitHubService, auth: Any) -> None:
@@ -44,12 +45,18 @@ def install(app: FastAPI, service: GitHubService, auth: Any) -> None:
             200: {"description": "a ping, or a replayed delivery (ignored)"},
             400: {"model": ErrorBody, "description": "not a workflow_job payload, or no delivery id"},
             401: {"model": ErrorBody, "description": "missing or wrong X-Hub-Signature-256"},
+            413: {"model": ErrorBody, "description": "larger than any GitHub delivery"},
             503: {"model": ErrorBody, "description": "the GitHub part is not running yet"},
         },
     )
     async def github_webhook(request: Request) -> JSONResponse:
         """GitHub's ``workflow_job`` deliveries (docs/github.md); answered before any slow work."""
+        size = request.headers.get("content-length", "")
+        if size.isdigit() and int(size) > MAX_BODY:
+            return JSONResponse({"error": f"a delivery is at most {MAX_BODY} bytes"}, status_code=413)
         body = await request.body()
+        if len(body) > MAX_BODY:
+            return JSONResponse({"error": f"a delivery is at most {MAX_BODY} bytes"}, status_code=413)
         try:
             status, answer = await service.webhook(body, request.headers)
         except WebhookError as exc:
