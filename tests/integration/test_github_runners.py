@@ -321,7 +321,7 @@ def test_github_down_is_logged_and_retried(gh: GitHubCluster, standin: GitHubSta
 
 
 def test_the_webhook_answers_at_once_while_the_api_is_slow(gh: GitHubCluster, standin: GitHubStandIn) -> None:
-    standin.delay = 5.0
+    standin.delay = 3.0
     try:
         job = standin.add_job(1101, REPO, LABELS)
         t0 = time.monotonic()
