@@ -45,7 +45,7 @@ KNOWN_KEYS = {
     "port", "interface", "bind-interfaces", "no-resolv", "no-hosts", "user", "group", "dhcp-leasefile",
     "log-dhcp", "dhcp-range", "dhcp-authoritative", "dhcp-no-override", "dhcp-option", "enable-tftp",
     "tftp-root", "tftp-secure", "dhcp-mac", "dhcp-match", "dhcp-userclass", "tag-if", "pxe-service",
-    "dhcp-boot",
+    "dhcp-boot", "dhcp-option-force",
 }  # fmt: skip
 
 
@@ -88,6 +88,7 @@ def test_full_mode_leases_the_range_with_its_lease_time_and_router() -> None:
     assert "dhcp-authoritative" in d and "dhcp-no-override" in d
     assert "dhcp-option=option:router,10.77.0.254" in d
     assert 'dhcp-option=tag:boot-pi,66,"10.77.0.1"' in d  # the Pi's TFTP server, an address
+    assert 'dhcp-option-force=tag:boot-pi,tag:!has-arch,43,"Raspberry Pi Boot"' in d  # no option 93
 
 
 def test_full_mode_without_router_sends_none() -> None:

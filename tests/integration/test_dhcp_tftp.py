@@ -457,14 +457,18 @@ def test_full_mode_leases_from_the_range_with_the_boot_file(full: Served) -> Non
     )
     acks = [p for _, p in full.lab.dhcp("cli0", req, wait=5, until=1)]
     assert acks and acks[0].message_type == w.ACK and acks[0].yiaddr == offer.yiaddr
-    assert mac in full.dnsmasq.leases.read_text()
+    deadline = time.monotonic() + 5  # dnsmasq writes the lease file just after the ACK
+    while mac not in (full.dnsmasq.leases.read_text() if full.dnsmasq.leases.exists() else ""):
+        assert time.monotonic() < deadline, "the lease was not written"
+        time.sleep(0.05)
 
 
-def test_full_mode_pi_gets_option_43_and_tftp_server_as_address(full: Served) -> None:
-    offers = full.discover("cli0", PI_MAC, wait=8, arch=0, vendor_class=w.pxe_vendor_class(0))
+@pytest.mark.parametrize("arch", [0, None], ids=["arch-0", "no-option-93"])
+def test_full_mode_pi_gets_option_43_and_tftp_server_as_address(full: Served, arch: int | None) -> None:
+    offers = full.discover("cli0", PI_MAC, wait=8, arch=arch, vendor_class=w.pxe_vendor_class(0))
     assert offers
     offer = offers[0]
-    assert b"Raspberry Pi Boot" in offer.options[43]
+    assert b"Raspberry Pi Boot" in offer.options[43] and offer.options[60] == b"PXEClient"
     assert offer.text_option(66) == full.lab.server_ip and offer.siaddr == full.lab.server_ip
     assert offer.file_name == ""
 

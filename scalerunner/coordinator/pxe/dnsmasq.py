@@ -194,6 +194,7 @@ def render(boot: BootConfig, nodes: Iterable[Node], cfg: DnsmasqConfig) -> Rende
     line(f"dhcp-match=set:{_T_EFI64},option:client-arch,7", "option 93 = 7: x86-64 UEFI (EFI BC)")
     line(f"dhcp-match=set:{_T_EFI64},option:client-arch,9", "option 93 = 9: x86-64 UEFI")
     line(f"dhcp-match=set:{_T_ARM64},option:client-arch,11", "option 93 = 11: arm64 UEFI")
+    line("dhcp-match=set:has-arch,option:client-arch", "option 93 sent at all (a Pi may send none)")
     # Exclusive classes: a Pi is never iPXE or x86; iPXE is never chain-loaded again.
     line("tag-if=set:boot-pi,tag:rpi", "class Pi: wins over everything below")
     line("tag-if=set:boot-ipxe,tag:ipxe,tag:!rpi", "class iPXE: not a Pi")
@@ -215,6 +216,17 @@ def render(boot: BootConfig, nodes: Iterable[Node], cfg: DnsmasqConfig) -> Rende
         "Pi: siaddr = the TFTP server's IPv4 address, with no file (proxy replies carry no option 66)",
     )
     if d.mode == "full":
+        # Without option 93 dnsmasq builds no PXE menu, so such a Pi gets option 43 as the bare
+        # string and option 60 "PXEClient" (what a Pi accepts from other DHCP servers). In proxy
+        # mode dnsmasq answers no client without option 93 (docs/dhcp-tftp.md).
+        line(
+            f"dhcp-option-force=tag:boot-pi,tag:!has-arch,43,{_quote(PI_MENU_TEXT)}",
+            "Pi without option 93: option 43 as the bare string",
+        )
+        line(
+            'dhcp-option-force=tag:boot-pi,tag:!has-arch,60,"PXEClient"',
+            "Pi without option 93: option 60 PXEClient, which a Pi's bootloader expects with option 43",
+        )
         line(
             f"dhcp-option=tag:boot-pi,66,{_quote(server)}",
             "Pi: the TFTP server as an IPv4 address in option 66 (siaddr is this server too)",
