@@ -422,3 +422,92 @@ def test_a_missing_or_empty_webhook_secret_stops_the_start_naming_the_file(
         run(service.start())
     assert exc.value.path == str(secret)
     assert not (tmp_path / "github.db").exists(), "nothing was opened"
+
+
+# -- a GitHub App instead of a token file ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def app_key() -> tuple[bytes, bytes]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    public = key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return private, public
+
+
+def test_a_github_app_trades_its_jwt_for_installation_tokens_and_renews_them(
+    standin: GitHubStandIn, tmp_path: Path, app_key: tuple[bytes, bytes]
+) -> None:
+    from scalerunner.coordinator.github.api import AppCredentials
+
+    private, public = app_key
+    (tmp_path / "app.pem").write_bytes(private)
+    standin.app = (42, 7, public)
+    app = AppCredentials(app_id=42, installation_id=7, private_key_file=tmp_path / "app.pem")
+
+    async def calls(n: int, life: float) -> int:
+        standin.token_life = life
+        api = GitHubApi(standin.url, None, app=app, timeout=3)
+        await api.start()
+        try:
+            for _ in range(n):
+                await api.org_repositories("acme")  # one request each
+        finally:
+            await api.stop()
+        return api.app_tokens_made
+
+    assert run(calls(3, 3600)) == 1, "one installation token serves while it lives"
+    assert run(calls(2, 120)) == 2, "one that expires within the margin is renewed"
+    used = {r.headers.get("Authorization") for r in standin.requests if r.path.startswith("/orgs/acme/repos")}
+    assert used and used <= {f"Bearer {t}" for t in standin.issued}
+
+    standin.app = (43, 7, public)  # GitHub knows another App id: the JWT is refused
+    with pytest.raises(GitHubApiError) as refused:
+        run(calls(1, 3600))
+    assert refused.value.status == 401 and "GitHub App" in str(refused.value)
+    (tmp_path / "app.pem").write_text("not a key")
+    with pytest.raises(GitHubApiError) as bad_key:
+        run(calls(1, 3600))
+    assert "app.pem is not an RSA private key" in str(bad_key.value)
+
+
+APP = """
+[github]
+app_id = 42
+installation_id = 7
+private_key_file = "app.pem"
+webhook_secret_file = "secret"
+
+[[github.pools]]
+name = "linux"
+scope = "acme"
+labels = ["self-hosted"]
+"""
+
+
+def test_a_github_app_in_the_inventory_needs_all_three_keys_and_no_token_file(tmp_path: Path) -> None:
+    (tmp_path / "app.pem").write_text("pem")
+    path = tmp_path / "scalerunner.toml"
+    inv = loads_inventory(inventory(tmp_path, APP), path)
+    assert inv.github is not None and inv.github.private_key_file == str(tmp_path / "app.pem")
+    assert inv.github.token_file is None
+    for text, key, words in (
+        (APP.replace("installation_id = 7\n", ""), "github.app_id", "also needs installation_id"),
+        (APP.replace("[github]\n", '[github]\ntoken_file = "token"\n'), "github.app_id", "not both"),
+        (
+            APP.replace('app_id = 42\ninstallation_id = 7\nprivate_key_file = "app.pem"\n', ""),
+            "github.token_file",
+            "required",
+        ),
+        (APP.replace('"app.pem"', '"gone.pem"'), "github.private_key_file", "no such file"),
+    ):
+        with pytest.raises(ConfigError) as exc:
+            loads_inventory(inventory(tmp_path, text), path)
+        assert exc.value.key == key and words in exc.value.detail, exc.value

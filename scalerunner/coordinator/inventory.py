@@ -305,7 +305,10 @@ class GitHubConfig(_Table, frozen=True, kw_only=True):
     """GitHub Actions runners (docs/github.md). Secrets are files, never inventory text."""
 
     api_url: NonEmpty = "https://api.github.com"
-    token_file: NonEmpty  # a PAT or an installation token; read again whenever it changes
+    token_file: NonEmpty | None = None  # a PAT or an installation token; read again whenever it changes
+    app_id: Positive | None = None  # or a GitHub App: its id, installation and private key (PEM)
+    installation_id: Positive | None = None
+    private_key_file: NonEmpty | None = None
     webhook_secret_file: NonEmpty
     reconcile_interval: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 60.0
     idle_timeout: Annotated[float, msgspec.Meta(ge=1, le=86400)] = 300.0
@@ -650,10 +653,24 @@ class _Checker:
                 )
             if pool.image and not re.fullmatch(_IMAGE_REF, pool.image):
                 raise self.fail(f"{key}.image", f"{pool.image!r} is not an OCI image reference")
+        app = {
+            "app_id": g.app_id,
+            "installation_id": g.installation_id,
+            "private_key_file": g.private_key_file,
+        }
+        given = [k for k, v in app.items() if v is not None]
+        if g.token_file is not None and given:
+            raise self.fail(f"github.{given[0]}", "give either token_file or a GitHub App, not both")
+        if given and len(given) < len(app):
+            missing = ", ".join(k for k in app if k not in given)
+            raise self.fail(f"github.{given[0]}", f"a GitHub App also needs {missing}")
+        if g.token_file is None and not given:
+            raise self.fail("github.token_file", "required (or app_id, installation_id and private_key_file)")
         return msgspec.structs.replace(
             g,
             api_url=g.api_url.rstrip("/"),
-            token_file=self.file("github.token_file", g.token_file) or g.token_file,
+            token_file=self.file("github.token_file", g.token_file),
+            private_key_file=self.file("github.private_key_file", g.private_key_file),
             webhook_secret_file=self.file("github.webhook_secret_file", g.webhook_secret_file)
             or g.webhook_secret_file,
         )

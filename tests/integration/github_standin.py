@@ -18,10 +18,12 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import jwt
 
 
 @dataclass
@@ -72,6 +74,9 @@ class GitHubStandIn:
         self.down = False  # answer 503 to every API call
         self.delay = 0.0  # s before answering generate-jitconfig
         self.fail_with: tuple[int, dict[str, str], str] | None = None  # (status, headers, message) once
+        self.app: tuple[int, int, bytes] | None = None  # (app id, installation id, public key PEM)
+        self.token_life = 3600.0  # s an installation token lives
+        self.issued: list[str] = []  # installation tokens handed out
         self.lock = threading.RLock()
         self._ids = itertools.count(1000)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -228,7 +233,13 @@ class GitHubStandIn:
                         fail, standin.fail_with = standin.fail_with, None
                     if fail is not None:
                         return self._answer(fail[0], {"message": fail[2]}, fail[1])
-                    if self.headers.get("Authorization") != f"Bearer {standin.token}":
+                    bearer = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                    if "/access_tokens" in path:
+                        status, answer = standin._access_token(path, bearer)
+                        return self._answer(status, answer)
+                    with standin.lock:
+                        known = bearer == standin.token or bearer in standin.issued
+                    if not known:
                         return self._answer(401, {"message": "Bad credentials"})
                 status, answer = standin._route(method, path, body)
                 self._answer(status, answer)
@@ -243,6 +254,27 @@ class GitHubStandIn:
                 self._handle("DELETE")
 
         return Handler
+
+    def _access_token(self, path: str, assertion: str) -> tuple[int, Any]:
+        """``POST /app/installations/ID/access_tokens`` with the App's RS256 JWT."""
+        if self.app is None:
+            return 404, {"message": "Not Found"}
+        app_id, installation, public_key = self.app
+        if path != f"/app/installations/{installation}/access_tokens":
+            return 404, {"message": "Not Found"}
+        try:
+            claims = jwt.decode(
+                assertion, public_key, algorithms=["RS256"], options={"require": ["iat", "exp", "iss"]}
+            )
+        except jwt.PyJWTError as exc:
+            return 401, {"message": f"A JSON web token could not be decoded: {exc}"}
+        if claims["iss"] != str(app_id) or claims["exp"] - claims["iat"] > 600:
+            return 401, {"message": "'Issuer' claim ('iss') or expiry is wrong"}
+        token = f"ghs_{uuid.uuid4().hex}"
+        expires = datetime.fromtimestamp(time.time() + self.token_life, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        with self.lock:
+            self.issued.append(token)
+        return 201, {"token": token, "expires_at": expires, "permissions": {"administration": "write"}}
 
     def _route(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         base = path.split("?", 1)[0]

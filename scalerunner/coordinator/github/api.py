@@ -9,17 +9,30 @@ HTTP status and GitHub's own message; a rate limit says when it resets.
 
 from __future__ import annotations
 
+import asyncio
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import msgspec
 
-__all__ = ["API_VERSION", "GitHubApi", "GitHubApiError", "JitConfig", "QueuedJob", "RunnerInfo", "scope_path"]
+__all__ = [
+    "API_VERSION",
+    "AppCredentials",
+    "GitHubApi",
+    "GitHubApiError",
+    "JitConfig",
+    "QueuedJob",
+    "RunnerInfo",
+    "scope_path",
+]
 
 API_VERSION = "2022-11-28"
 MAX_PAGES = 20  # of 100 items: a bound on one listing
+TOKEN_MARGIN = 300.0  # s: an installation token is renewed this long before it expires
 
 
 class GitHubApiError(Exception):
@@ -32,6 +45,20 @@ class GitHubApiError(Exception):
         self.status = status
         self.detail = detail
         self.retry_after = retry_after
+
+
+class AppCredentials(msgspec.Struct, frozen=True, kw_only=True):
+    """A GitHub App installation: the App's RS256 JWT (signed with its private key) is traded
+    for an installation token (an hour's life), renewed before it runs out."""
+
+    app_id: int
+    installation_id: int
+    private_key_file: Path
+
+
+class _InstallationToken(msgspec.Struct, kw_only=True):
+    token: str
+    expires_at: str
 
 
 class _Runner(msgspec.Struct, kw_only=True):
@@ -104,17 +131,24 @@ class GitHubApi:
     def __init__(
         self,
         base_url: str,
-        token_file: Path,
+        token_file: Path | None,
         *,
+        app: AppCredentials | None = None,
         timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
+        if (token_file is None) == (app is None):
+            raise ValueError("give a token file or a GitHub App, exactly one")
         self.base_url = base_url.rstrip("/")
         self.token_file = token_file
+        self.app = app
         self.timeout = timeout
+        self.app_tokens_made = 0
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
         self._token: tuple[tuple[int, int], str] | None = None
+        self._app_token: tuple[str, float] | None = None  # (token, expires at, epoch s)
+        self._app_lock = asyncio.Lock()
 
     async def start(self) -> None:
         self._client = httpx.AsyncClient(
@@ -195,7 +229,43 @@ class GitHubApi:
 
     # -- plumbing ----------------------------------------------------------------------------
 
+    async def bearer(self) -> str:
+        """The token to send: the token file's, or a live installation token of the App."""
+        if self.app is None:
+            return self.token()
+        async with self._app_lock:
+            if self._app_token is None or self._app_token[1] - TOKEN_MARGIN <= time.time():
+                self._app_token = await self._installation_token(self.app)
+            return self._app_token[0]
+
+    async def _installation_token(self, app: AppCredentials) -> tuple[str, float]:
+        path = f"/app/installations/{app.installation_id}/access_tokens"
+        try:
+            key = await asyncio.to_thread(app.private_key_file.read_bytes)
+            now = int(time.time())
+            # iat a minute back for clock drift; GitHub takes at most 10 minutes of life
+            assertion = jwt.encode({"iat": now - 60, "exp": now + 540, "iss": str(app.app_id)}, key, "RS256")
+        except OSError as exc:
+            raise GitHubApiError(
+                "token", None, f"cannot read {app.private_key_file}: {exc.strerror}"
+            ) from exc
+        except (ValueError, TypeError, jwt.PyJWTError) as exc:
+            raise GitHubApiError(
+                "token", None, f"{app.private_key_file} is not an RSA private key: {exc}"
+            ) from exc
+        resp = await self._request("POST", path, bearer=assertion)
+        answer = self._convert(self._json(resp, path), _InstallationToken, "access_tokens")
+        try:
+            expires = datetime.fromisoformat(answer.expires_at.replace("Z", "+00:00")).timestamp()
+        except ValueError as exc:
+            raise GitHubApiError(
+                path, resp.status_code, f"unreadable expires_at {answer.expires_at!r}"
+            ) from exc
+        self.app_tokens_made += 1
+        return answer.token, expires
+
     def token(self) -> str:
+        assert self.token_file is not None
         try:
             st = self.token_file.stat()
             stamp = (st.st_mtime_ns, st.st_size)
@@ -227,12 +297,17 @@ class GitHubApi:
     async def _send(
         self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None
     ) -> httpx.Response:
+        return await self._request(method, path, json=json, params=params, bearer=await self.bearer())
+
+    async def _request(
+        self, method: str, path: str, *, bearer: str, json: Any = None, params: dict[str, str] | None = None
+    ) -> httpx.Response:
         if self._client is None:
             raise GitHubApiError(path, None, "the API client is not started")
         endpoint = f"{method} {path.split('?', 1)[0]}"
         try:
             resp = await self._client.request(
-                method, path, json=json, params=params, headers={"Authorization": f"Bearer {self.token()}"}
+                method, path, json=json, params=params, headers={"Authorization": f"Bearer {bearer}"}
             )
         except httpx.TimeoutException as exc:
             raise GitHubApiError(
@@ -241,7 +316,8 @@ class GitHubApi:
         except httpx.TransportError as exc:
             raise GitHubApiError(endpoint, None, f"cannot reach {self.base_url}: {exc}") from exc
         if resp.status_code >= 400:
-            raise _error(endpoint, resp)
+            who = "github.token_file" if self.app is None else "the GitHub App: app_id, private_key_file"
+            raise _error(endpoint, resp, who)
         return resp
 
     @staticmethod
@@ -259,7 +335,7 @@ class GitHubApi:
             raise GitHubApiError(what, None, f"unexpected answer: {exc}") from None
 
 
-def _error(endpoint: str, resp: httpx.Response) -> GitHubApiError:
+def _error(endpoint: str, resp: httpx.Response, who: str) -> GitHubApiError:
     try:
         message = str(resp.json().get("message", ""))
     except (ValueError, AttributeError):
@@ -272,5 +348,5 @@ def _error(endpoint: str, resp: httpx.Response) -> GitHubApiError:
             wait = max(float(h.get("x-ratelimit-reset", "0")) - time.time(), 0.0)
         return GitHubApiError(endpoint, resp.status_code, f"rate limited for {wait:.0f}s: {message}", wait)
     if resp.status_code == 401:
-        return GitHubApiError(endpoint, 401, f"the token was refused (github.token_file): {message}")
+        return GitHubApiError(endpoint, 401, f"the token was refused ({who}): {message}")
     return GitHubApiError(endpoint, resp.status_code, message or resp.reason_phrase)

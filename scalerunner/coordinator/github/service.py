@@ -39,7 +39,7 @@ from ..jobs.core import TERMINAL as JOB_TERMINAL
 from ..jobs.core import JobState, JobStateError, UnknownJob
 from ..jobs.manager import JobManager
 from ..jobs.spec import JobSpec
-from .api import GitHubApi, GitHubApiError
+from .api import AppCredentials, GitHubApi, GitHubApiError
 from .runners import Action, CancelRunner, CheckIdle, RequestRunner, Runner, Runners, RunnerState
 from .webhook import (
     DELIVERY_HEADER,
@@ -125,7 +125,17 @@ class GitHubService:
         self.state_dir = state_dir
         self.api_url = api_url
         self.clock = clock
-        self.api = api or GitHubApi(config.api_url, Path(config.token_file))
+        app = (
+            AppCredentials(
+                app_id=config.app_id,
+                installation_id=config.installation_id,
+                private_key_file=Path(config.private_key_file),
+            )
+            if config.app_id is not None and config.installation_id is not None and config.private_key_file
+            else None
+        )
+        token_file = Path(config.token_file) if config.token_file is not None else None
+        self.api = api or GitHubApi(config.api_url, None if app else token_file, app=app)
         self.core = Runners(cluster, config.idle_timeout)
         self.pools = {p.name: p for p in config.pools}
         self.started = False
