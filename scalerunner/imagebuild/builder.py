@@ -38,6 +38,7 @@ from .spec import (
     DEFAULT_MIRROR,
     DEFAULT_SECURITY_MIRROR,
     DEFAULT_SUITE,
+    MODULE_ZSTD_LEVEL,
     ZSTD_LEVEL,
     BuildError,
     BuildSpec,
@@ -299,8 +300,23 @@ def _build_base(spec: BuildSpec, base_dir: Path, debs: Path, epoch: int, reporte
             python_packages=_dist_versions(site),
             source_date_epoch=epoch,
         )
-        if not (root / "lib/modules" / release / "modules.dep").is_file():
+        modules = root / "usr/lib/modules" / release
+        if not (modules / "modules.dep").is_file():
             raise BuildError("kernel", f"no modules.dep for {release}: depmod did not run in the root")
+        # Compressed one by one, the modules take a quarter of the RAM (the root lives in a tmpfs
+        # of half the node's memory); the image's kmod reads .ko.zst itself.
+        reporter.stage("compressing the kernel modules (zstd)")
+        jobs = str(max(1, os.cpu_count() or 1))
+        find = f"find {shlex.quote(str(modules))} -name '*.ko' -print0"
+        _run(
+            "modules",
+            ["bash", "-c", f"{find} | xargs -0 -r -P{jobs} -n64 zstd -q --rm -{MODULE_ZSTD_LEVEL}"],
+            reporter,
+        )
+        chroot = (
+            shutil.which("chroot", path=f"{os.environ.get('PATH', os.defpath)}:/usr/sbin:/sbin") or "chroot"
+        )
+        _run("modules", [chroot, str(root), "/sbin/depmod", release], reporter)
         staged = work / "out"
         staged.mkdir()
         shutil.copyfile(kernels[-1], staged / KERNEL_FILE)

@@ -1,0 +1,231 @@
+"""The node image, built for real (`scalerunner images build`, as make setup does) and booted.
+
+The image is built into .cache/node-image/amd64 (make setup has usually done it; the build is
+reused while its inputs are unchanged, else rebuilt: about a minute for the Debian layer, seconds
+for the agent's). Checked: the manifest against the files; the root it unpacks to (python3 and
+the agent run in it, the coordinator's dependencies are not there); and a VM booted from it. The
+boot test plays iPXE's part with HTTP: it asks the coordinator's boot server for the node's
+script, takes the kernel command line (with the one-time token) and the files from the URLs
+there, and boots QEMU (TCG, user networking: the host's loopback is 10.0.2.2) with them. The
+agent in the VM trades its token and connects to the coordinator's mosquitto, and the node goes
+online; no password is in any file the VM gets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from scalerunner import __version__
+from scalerunner.imagebuild import BuildResult, Manifest, build_image
+from tests.integration.netboot_fixtures import DirImages, boot_coordinator, boot_inventory
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".cache" / "node-image"
+QEMU = shutil.which("qemu-system-x86_64")
+NODE, MAC = "img-01", "52:54:00:c0:0c:01"
+ONLINE = ("online", "idle", "busy")
+BOOT_TIMEOUT = 150.0  # s: under TCG the node measured online in about 35 s
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A snapshot of the checkout: others edit it while these tests run, and the agent layer's key
+    is its content, so the module's builds all see the same files."""
+    snap = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copyfile(REPO / name, snap / name)
+    shutil.copytree(REPO / "scalerunner", snap / "scalerunner", ignore=shutil.ignore_patterns("__pycache__"))
+    return snap
+
+
+@pytest.fixture(scope="module")
+def image(source: Path, tmp_path_factory: pytest.TempPathFactory) -> BuildResult:
+    """The image in a directory of the module's own (layers from make setup's cache: usually only
+    the agent layer is built, in seconds)."""
+    if shutil.which("mmdebstrap") is None:
+        pytest.fail("mmdebstrap missing: run make setup (tools/apt-packages.txt)")
+    return build_image("amd64", tmp_path_factory.mktemp("image"), cache_dir=CACHE / "layers", source=source)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_the_manifest_names_both_files_by_sha256_with_every_package_version_and_the_initrd_is_small(
+    image: BuildResult,
+) -> None:
+    m: Manifest = image.manifest
+    assert (m.arch, m.suite, m.python, m.agent_version) == ("amd64", "bookworm", "3.11", __version__)
+    for name, path in (("vmlinuz", image.kernel), ("initrd.img", image.initrd)):
+        assert m.file(name).sha256 == _sha256(path) and m.file(name).size == path.stat().st_size
+    for pkg in ("python3", "busybox", "kmod", "ca-certificates", m.kernel.package):
+        assert pkg in m.packages, pkg
+    assert m.kernel.package == f"linux-image-{m.kernel.release}"
+    assert m.packages[m.kernel.package] == m.kernel.version
+    # minbase's apt and usrmerge's perl stay out; the coordinator's Python side too
+    assert not {"apt", "perl", "usrmerge", "initramfs-tools", "udev"} & set(m.packages)
+    assert {"aiomqtt", "msgspec", "httpx", "paho-mqtt"} <= set(m.python_packages)
+    assert not {"fastapi", "uvicorn", "pysnmp", "aiohttp"} & set(m.python_packages)
+    # two layers back to back; the file padded to 4 bytes so a node's settings archive may follow
+    assert [la.name for la in m.layers] == ["base", "agent"]
+    assert m.layers[0].offset == 0 and m.layers[1].offset == m.layers[0].size
+    assert m.file("initrd.img").size % 4 == 0
+    assert m.file("initrd.img").size < 80_000_000, "the initrd grew past 80 MB"
+    assert "console=ttyS0" in m.cmdline
+
+
+def test_a_second_build_with_the_same_inputs_reuses_the_output(image: BuildResult, source: Path) -> None:
+    started = time.monotonic()
+    again = build_image("amd64", image.out_dir, cache_dir=CACHE / "layers", source=source)
+    assert again.reused and again.manifest == image.manifest
+    assert time.monotonic() - started < 30
+
+
+@pytest.fixture(scope="module")
+def root(image: BuildResult, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The initrd unpacked as the kernel does: each layer in order, over the one before."""
+    top = tmp_path_factory.mktemp("root")
+    data = image.initrd.read_bytes()
+    for layer in image.manifest.layers:
+        archive = data[layer.offset : layer.offset + layer.size]
+        cpio = subprocess.run(["zstd", "-dc"], input=archive, capture_output=True, check=True).stdout
+        subprocess.run(
+            ["cpio", "-idm", "--quiet", "--no-absolute-filenames", "--unconditional"],
+            input=cpio,
+            cwd=top,
+            check=True,
+        )
+    yield top
+    shutil.rmtree(top, ignore_errors=True)
+
+
+def _chroot(root: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C.UTF-8"}
+    chroot = shutil.which("chroot", path="/usr/sbin:/usr/bin:/sbin:/bin") or "chroot"
+    return subprocess.run([chroot, str(root), *argv], capture_output=True, text=True, env=env, timeout=60)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chroot needs root")
+def test_python3_and_the_agent_run_inside_the_unpacked_root(image: BuildResult, root: Path) -> None:
+    probe = (
+        "import scalerunner, scalerunner.nodeagent.cli, scalerunner.nodeagent.bench.cli, httpx, aiomqtt;"
+        "print(scalerunner.__version__, scalerunner.__file__)"
+    )
+    done = _chroot(root, "/usr/bin/python3", "-c", probe)
+    assert done.returncode == 0, done.stderr
+    version, where = done.stdout.split()
+    assert version == __version__
+    assert where == "/usr/local/lib/python3.11/dist-packages/scalerunner/__init__.py"
+    agent = _chroot(root, "/usr/local/bin/scalerunner-agent", "--version")
+    assert agent.returncode == 0 and __version__ in agent.stdout, agent.stderr
+    coordinator_side = _chroot(root, "/usr/bin/python3", "-c", "import fastapi")
+    assert coordinator_side.returncode == 1 and "No module named 'fastapi'" in coordinator_side.stderr
+    # what /init needs: itself, busybox init's table, the NIC driver and modules.dep for modprobe
+    assert os.access(root / "init", os.X_OK)
+    assert "run-agent" in (root / "etc/inittab").read_text()
+    modules = root / "usr/lib/modules" / image.manifest.kernel.release
+    assert (modules / "modules.dep").is_file()
+    assert list(modules.glob("kernel/drivers/net/virtio_net.ko*"))
+    assert (root / "etc/scalerunner/image-version").read_text().startswith("scalerunner-node amd64 bookworm")
+    assert not (root / "boot" / image.manifest.kernel.release).exists() and not list(
+        (root / "boot").iterdir()
+    )
+
+
+def _script_parts(script: str, base: str, local: str) -> tuple[list[str], str]:
+    """(URLs of the kernel and initrds, kernel arguments) of an iPXE node script; the URLs rewritten
+    from the address the VM uses (``base``) to the one this process reaches (``local``)."""
+    urls: list[str] = []
+    args = ""
+    for line in script.splitlines():
+        words = line.split(" ", 2)
+        if words[0] == "kernel":
+            urls.append(words[1])
+            args = words[2] if len(words) > 2 else ""
+        elif words[0] == "initrd":
+            urls.append(words[1])
+    return [u.replace(base, local, 1) for u in urls], args
+
+
+@pytest.mark.vm
+def test_a_vm_booted_from_the_image_trades_its_token_and_its_node_goes_online(
+    image: BuildResult, tmp_path: Path
+) -> None:
+    if QEMU is None:
+        pytest.fail("qemu-system-x86_64 missing: run make setup")
+    images = DirImages(tmp_path / "blobs")
+    images.add(
+        "node-os",
+        "1",
+        image.manifest.cmdline,
+        [("vmlinuz", "kernel", image.kernel), ("initrd.img", "initrd", image.initrd)],
+    )
+    text = boot_inventory("lab", [(NODE, MAC)], advertise="10.0.2.2")
+    with boot_coordinator(tmp_path / "coord", text, images) as coord:
+        assert coord.c.boot is not None
+        vm_base, local = f"http://10.0.2.2:{coord.c.boot.port}", coord.boot_url
+        with httpx.Client(timeout=30) as http:
+            script = http.get(f"{local}/boot/ipxe", params={"mac": MAC}).raise_for_status().text
+            urls, args = _script_parts(script, vm_base, local)
+            assert len(urls) == 3, script  # kernel, the image's initrd, the node's settings
+            files = [http.get(u).raise_for_status().content for u in urls]
+        token = re.search(r"scalerunner\.token=(\S+)", args)
+        assert token and f"scalerunner.node={NODE}" in args and f"scalerunner.url={vm_base}" in args
+        assert files[0] == image.kernel.read_bytes() and files[1] == image.initrd.read_bytes()
+        assert b"password =" not in files[2] and b"password_file" not in files[2]
+        kernel = tmp_path / "vmlinuz"
+        kernel.write_bytes(files[0])
+        initrd = tmp_path / "initrd"  # as iPXE hands them over: one after the other
+        initrd.write_bytes(files[1] + files[2])
+
+        console = tmp_path / "console.log"
+        argv = [
+            QEMU,
+            "-machine", "q35,accel=tcg", "-m", "512", "-smp", "1",
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-serial", f"file:{console}",
+            "-kernel", str(kernel), "-initrd", str(initrd), "-append", args,
+            "-netdev", "user,id=n0", "-device", f"virtio-net-pci,netdev=n0,mac={MAC}",
+        ]  # fmt: skip
+        started = time.monotonic()
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        try:
+            state = ""
+            while time.monotonic() - started < BOOT_TIMEOUT:
+                state = coord.node_state(NODE)
+                if state in ONLINE or proc.poll() is not None:
+                    break
+                time.sleep(0.5)
+            took = time.monotonic() - started
+            out = console.read_text(errors="replace") if console.exists() else ""
+            assert state in ONLINE, f"node {NODE} is {state} after {took:.0f} s; console:\n{out[-4000:]}"
+        finally:
+            proc.kill()
+            proc.wait()
+        print(f"\nboot to online: {took:.1f} s (TCG)")
+        for step in (
+            "scalerunner-init: node img-01",
+            "scalerunner-init: network: eth0 10.0.2.15/24 via 10.0.2.2",
+        ):
+            assert step in out, out[-4000:]
+        assert "scalerunner-init: scalerunner-agent starting" in out
+        reasons = [e["new"] for e in coord.events() if e["node"] == NODE and e["axis"] == "boot"]
+        assert "token-traded" in reasons, reasons
+        # the token is spent: a second trade is refused
+        with httpx.Client(timeout=10) as http:
+            again = http.post(f"{local}/boot/v1/credentials", json={"node": NODE, "token": token.group(1)})
+        assert again.status_code == 403
