@@ -1,13 +1,14 @@
 """The node image, built for real (`scalerunner images build`, as make setup does) and booted.
 
-The image is built into .cache/node-image/amd64 (make setup has usually done it; the build is
-reused while its inputs are unchanged, else rebuilt: about a minute for the Debian layer, seconds
-for the agent's). Checked: the manifest against the files; the root it unpacks to (python3 and
-the agent run in it, the coordinator's dependencies are not there); and a VM booted from it. The
-boot test plays iPXE's part with HTTP: it asks the coordinator's boot server for the node's
-script, takes the kernel command line (with the one-time token) and the files from the URLs
-there, and boots QEMU (TCG, user networking: the host's loopback is 10.0.2.2) with them. The
-agent in the VM trades its token and connects to the coordinator's mosquitto, and the node goes
+The layers come from make setup's cache (.cache/node-image/layers): the Debian layer is reused
+while its inputs are unchanged (else rebuilt, one to two minutes), the agent layer is built from
+a snapshot of the checkout in seconds. Checked: the manifest against the files; the root it
+unpacks to (python3 and the agent run in it, the coordinator's dependencies are not there); and
+the whole path: `images build --add` puts the image in a real coordinator's registry, `images
+promote` makes it the node's, and the test plays iPXE's part over HTTP - the node's script from
+the boot server, the kernel command line (with the one-time token) and the files from the URLs
+there - and boots QEMU (TCG, user networking: the host's loopback is 10.0.2.2) with them. The
+agent in the VM trades its token, connects to the coordinator's mosquitto, and the node goes
 online; no password is in any file the VM gets.
 """
 
@@ -18,22 +19,27 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 
 from scalerunner import __version__
+from scalerunner.coordinator.app import Coordinator
+from scalerunner.coordinator.inventory import loads_inventory
 from scalerunner.imagebuild import BuildResult, Manifest, build_image
-from tests.integration.netboot_fixtures import DirImages, boot_coordinator, boot_inventory
+from tests.integration.netboot_fixtures import RunningCoordinator, boot_inventory
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "node-image"
 QEMU = shutil.which("qemu-system-x86_64")
+SCALERUNNER = Path(sys.executable).parent / "scalerunner"
 NODE, MAC = "img-01", "52:54:00:c0:0c:01"
 ONLINE = ("online", "idle", "busy")
 BOOT_TIMEOUT = 150.0  # s: under TCG the node measured online in about 35 s
@@ -159,22 +165,46 @@ def _script_parts(script: str, base: str, local: str) -> tuple[list[str], str]:
     return [u.replace(base, local, 1) for u in urls], args
 
 
+@contextmanager
+def _coordinator(directory: Path, inventory_text: str) -> Iterator[RunningCoordinator]:
+    """A coordinator with [boot] enabled whose boot server reads its own image registry."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "scalerunner.toml"
+    path.write_text(inventory_text)
+    inventory = loads_inventory(inventory_text, path)
+    run = RunningCoordinator(Coordinator(inventory, directory / "state", source=str(path), api_port=0))
+    run._thread.start()
+    try:
+        run.call(run.c.start())
+        yield run
+    finally:
+        try:
+            run.call(run.c.stop())
+        finally:
+            run.loop.call_soon_threadsafe(run.loop.stop)
+            run._thread.join(10)
+
+
 @pytest.mark.vm
-def test_a_vm_booted_from_the_image_trades_its_token_and_its_node_goes_online(
+def test_an_image_built_and_added_by_the_cli_boots_a_vm_whose_agent_trades_its_token_and_goes_online(
     image: BuildResult, tmp_path: Path
 ) -> None:
     if QEMU is None:
         pytest.fail("qemu-system-x86_64 missing: run make setup")
-    images = DirImages(tmp_path / "blobs")
-    images.add(
-        "node-os",
-        "1",
-        image.manifest.cmdline,
-        [("vmlinuz", "kernel", image.kernel), ("initrd.img", "initrd", image.initrd)],
-    )
     text = boot_inventory("lab", [(NODE, MAC)], advertise="10.0.2.2")
-    with boot_coordinator(tmp_path / "coord", text, images) as coord:
+    with _coordinator(tmp_path / "coord", text) as coord:
         assert coord.c.boot is not None
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCALERUNNER_")}
+        api = ["--url", coord.c.api_url, "--token", coord.c.token]
+        out_dir = tmp_path / "image"
+        build = [str(SCALERUNNER), "images", "build", "--arch", "amd64", "-o", str(out_dir)]
+        build += ["--cache-dir", str(CACHE / "layers"), "--add", "node-os", "1", *api]
+        done = subprocess.run(build, capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0 and done.stdout == "node-os 1\n", done.stderr[-3000:]
+        promote = [str(SCALERUNNER), "images", "promote", "node-os", "1", "--group", "default", *api]
+        done = subprocess.run(promote, capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+
         vm_base, local = f"http://10.0.2.2:{coord.c.boot.port}", coord.boot_url
         with httpx.Client(timeout=30) as http:
             script = http.get(f"{local}/boot/ipxe", params={"mac": MAC}).raise_for_status().text
@@ -183,7 +213,9 @@ def test_a_vm_booted_from_the_image_trades_its_token_and_its_node_goes_online(
             files = [http.get(u).raise_for_status().content for u in urls]
         token = re.search(r"scalerunner\.token=(\S+)", args)
         assert token and f"scalerunner.node={NODE}" in args and f"scalerunner.url={vm_base}" in args
-        assert files[0] == image.kernel.read_bytes() and files[1] == image.initrd.read_bytes()
+        assert "console=ttyS0" in args  # the manifest's cmdline became the image's template
+        assert files[0] == (out_dir / "vmlinuz").read_bytes()
+        assert files[1] == (out_dir / "initrd.img").read_bytes()
         assert b"password =" not in files[2] and b"password_file" not in files[2]
         kernel = tmp_path / "vmlinuz"
         kernel.write_bytes(files[0])
