@@ -406,6 +406,17 @@ def _console_scripts(site: Path) -> dict[str, str]:
     return found
 
 
+def _drop_direct_url(site: Path) -> None:
+    """pip records the wheel's temporary path in direct_url.json: gone, with its RECORD line, so
+    the same checkout gives the same layer (and no build machine path is in the image)."""
+    for info in site.glob("*.dist-info"):
+        (info / "direct_url.json").unlink(missing_ok=True)
+        record = info / "RECORD"
+        if record.is_file():
+            lines = record.read_text().splitlines(keepends=True)
+            record.write_text("".join(line for line in lines if "/direct_url.json," not in line))
+
+
 def _build_agent(
     source: Path,
     files: Sequence[Path],
@@ -436,6 +447,7 @@ def _build_agent(
         install = [*pip, "install", "--no-deps", "--no-compile", "--target", str(site), str(wheel)]
         _run("agent", install, reporter, env=env)
         shutil.rmtree(site / "bin", ignore_errors=True)
+        _drop_direct_url(site)
         if same_python:  # hash-checked .pyc (SOURCE_DATE_EPOCH): valid whatever the files' times
             compile_argv = [
                 sys.executable,

@@ -261,3 +261,19 @@ def test_an_image_built_and_added_by_the_cli_boots_a_vm_whose_agent_trades_its_t
         with httpx.Client(timeout=10) as http:
             again = http.post(f"{local}/boot/v1/credentials", json={"node": NODE, "token": token.group(1)})
         assert again.status_code == 403
+
+
+def test_the_agent_layer_is_the_same_bytes_when_built_twice_from_the_same_checkout(
+    image: BuildResult, source: Path, tmp_path: Path
+) -> None:
+    from scalerunner.imagebuild import builder
+
+    info = builder._base_info(CACHE / "layers" / f"base-amd64-{image.manifest.base_key[:16]}")
+    assert info is not None
+    files = builder._source_files(source)
+    digests = []
+    for i in range(2):
+        out = tmp_path / f"agent-{i}.cpio.zst"
+        builder._build_agent(source, files, info, out, "id", info.source_date_epoch, builder.NullReporter())
+        digests.append(_sha256(out))
+    assert digests[0] == digests[1]
