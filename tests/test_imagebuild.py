@@ -148,9 +148,31 @@ def test_the_node_files_land_where_the_kernel_and_busybox_init_look() -> None:
     files = _node_files()
     assert files["init"][1] == 0o755 and files["init"][0].startswith(b"#!/bin/sh")
     assert b"/usr/lib/scalerunner/run-agent" in files["etc/inittab"][0]
-    assert (
-        b"scalerunner-agent --config /etc/scalerunner/agent.toml" in files["usr/lib/scalerunner/run-agent"][0]
-    )
+    assert b'"$AGENT" --config /etc/scalerunner/agent.toml' in files["usr/lib/scalerunner/run-agent"][0]
+
+
+def test_the_restart_loop_runs_the_agent_and_waits_longer_after_each_quick_failure(tmp_path: Path) -> None:
+    agent = tmp_path / "agent"
+    agent.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/args\nexit 3\n')
+    agent.chmod(0o755)
+    console = tmp_path / "console"
+    env = {
+        "SCALERUNNER_CONSOLE": str(console),
+        "SCALERUNNER_AGENT": str(agent),
+        "SCALERUNNER_RUN_DIR": str(tmp_path),
+    }
+    waits = []
+    for _ in range(2):
+        subprocess.run(["sh", str(NODE_DIR / "run-agent.sh")], env=env, check=True, timeout=30)
+        waits.append((tmp_path / "scalerunner-agent.wait").read_text().strip())
+    assert waits == ["1", "2"]  # the second run first waited 1 s; the next would wait 2, then 4 ... 30
+    assert (tmp_path / "args").read_text().splitlines() == ["--config /etc/scalerunner/agent.toml"] * 2
+    lines = console.read_text().splitlines()
+    assert lines[:2] == [
+        "scalerunner-init: scalerunner-agent starting",
+        "scalerunner-init: scalerunner-agent exited with code 3 after 0s; restarting in 1s",
+    ]
+    assert lines[3].endswith("restarting in 2s")
 
 
 def test_console_scripts_are_read_from_the_wheels_entry_points(tmp_path: Path) -> None:
