@@ -294,6 +294,7 @@ class GitHubService:
                 "SCALERUNNER_RUNNER_NAME": a.name,
             },
             retries=0,  # a lost runner gets a fresh JIT config instead (the core's retry)
+            network=True,  # the runner talks to GitHub and fetches its config from us
             priority=pool.priority,
             project="github",
         )

@@ -654,6 +654,7 @@ class JobManager:
             upload_url=f"{self.api_url()}/api/v1/jobs/{d.job}/attempts/{d.attempt}/artifacts",
             upload_token=self.upload_token(d.job, d.attempt),
             hil=None if d.spec.hil is None else msgspec.convert(msgspec.to_builtins(d.spec.hil), HilRun),
+            network=d.spec.network,
         )
         why = ""
         if self.send_command is None:

@@ -74,6 +74,7 @@ class JobSpec(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     priority: Annotated[int, msgspec.Meta(ge=-100, le=100)] = 0
     project: Project = "default"
     hil: HilSpec | None = None
+    network: bool = False  # a NIC in the vm runtime's guest (docs/jobs.md); off unless asked for
 
     def argv(self) -> tuple[str, ...]:
         if self.command is not None:

@@ -480,6 +480,7 @@ class JobExecutor:
             timeout_s=run.timeout_s,
             rootfs=rootfs,
             workdir=att.dir / "work",
+            network=run.network,
         )
 
         def sink(stream: Stream, data: bytes) -> None:

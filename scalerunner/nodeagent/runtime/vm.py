@@ -7,6 +7,10 @@ of the job's /work (for artifacts) and the exit status come back over virtio-ser
 unix socket this process listens on before QEMU starts; the guest states how many bytes each
 port carried and powers off only when the host has them all. Scratch files live in one temp
 directory that is removed however the run ends (timeout, cancel, fault).
+
+A job with ``network`` gets a virtio NIC on QEMU's user-mode network (slirp: NAT by the QEMU
+process, no root, no bridge). The host's loopback is 10.0.2.2 there, so URLs in the job's env that
+name the node's loopback are rewritten to it (``guest_env``).
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import os
 import shutil
 import tarfile
 import tempfile
-from collections.abc import Awaitable, Callable
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +38,16 @@ from scalerunner.nodeagent.runtime.vm_guest import (
     write_job_initrd,
 )
 
-__all__ = ["DEFAULT_GUEST_DIR", "GuestStatus", "VmConfig", "VmRuntime", "parse_status", "qemu_argv"]
+__all__ = [
+    "DEFAULT_GUEST_DIR",
+    "GuestStatus",
+    "VmConfig",
+    "VmRuntime",
+    "guest_env",
+    "guest_url",
+    "parse_status",
+    "qemu_argv",
+]
 
 log = logging.getLogger("scalerunner.nodeagent.runtime.vm")
 
@@ -46,6 +60,9 @@ DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 GUEST_OVERHEAD_MB = 64  # the guest kernel and initramfs, on top of the job's memory
 PORTS: tuple[str, ...] = ("stdout", "stderr", "work", "status")
 DISK_SLACK_MB = 64  # free space the job gets on its root filesystem
+# QEMU user-mode networking's fixed plan: the guest is 10.0.2.15, the host (its 127.0.0.1) 10.0.2.2.
+SLIRP_HOST = "10.0.2.2"
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +94,39 @@ def qemu_argv(
     for i, port in enumerate(PORTS):
         argv += ["-chardev", f"socket,id=c{i},path={sockets[port]}"]
         argv += ["-device", f"virtserialport,bus=vser.0,chardev=c{i},name=scalerunner.{port}"]
+    if job.network:
+        # Unrestricted slirp: the guest reaches what the node reaches (GitHub, the coordinator);
+        # romfile= skips the NIC's PXE option ROM, which a -kernel boot never uses.
+        argv += ["-netdev", "user,id=net0", "-device", "virtio-net-pci,netdev=net0,romfile="]
+        i = argv.index("-append") + 1
+        argv[i] += " scalerunner.net=1"
     return argv
+
+
+def guest_url(value: str) -> str:
+    """``value`` with a loopback host (127.0.0.1, localhost) replaced by the slirp host address,
+    if it is a URL (``scheme://host...``); anything else unchanged. [::1] is not rewritten: slirp
+    forwards 10.0.2.2 to the host's IPv4 loopback only."""
+    try:
+        parts = urllib.parse.urlsplit(value)
+        host = parts.hostname
+    except ValueError:
+        return value
+    if not parts.scheme or not parts.netloc or host is None or host.lower() not in _LOOPBACK_HOSTS:
+        return value
+    # Splice the new host into the text as given (urlunsplit would drop an empty "?" or "#").
+    head = f"{parts.scheme}://{parts.netloc}"
+    if value[: len(head)].lower() != head.lower():  # stray whitespace or control characters
+        return value
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    port = hostport[len(host) :]  # ":PORT" or "" (hostname is the lower-cased host part)
+    return f"{value[: len(parts.scheme)]}://{userinfo}{at}{SLIRP_HOST}{port}{value[len(head) :]}"
+
+
+def guest_env(env: Mapping[str, str], network: bool) -> dict[str, str]:
+    """The job's environment as the guest sees it: with network, loopback URLs point at the node
+    (the coordinator's claim URL on a one-machine rack, say); without, it is left as given."""
+    return {k: guest_url(v) for k, v in env.items()} if network else dict(env)
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,7 +247,7 @@ class VmRuntime:
                 job.job, f"{self.config.qemu} not found: install qemu-system-x86 (`make setup`)"
             )
         kernel, base_initrd = self._guest(job)
-        env = {"PATH": DEFAULT_PATH, "HOME": "/work", **job.env}
+        env = {"PATH": DEFAULT_PATH, "HOME": "/work", **guest_env(job.env, job.network)}
         try:
             archive = await asyncio.to_thread(job_archive, job.argv, env, job.job, job.workdir)
         except (ValueError, OSError) as exc:
@@ -255,7 +304,10 @@ class VmRuntime:
             for port, path in sockets.items():
                 servers.append(await asyncio.start_unix_server(ports.handler(port), path=str(path)))
             argv = qemu_argv(self.config, accel, job, kernel.vmlinuz, initrd, disk, sockets)
-            log.info("vm start", extra={"job": job.job, "attempt": job.attempt, "accel": accel})
+            log.info(
+                "vm start",
+                extra={"job": job.job, "attempt": job.attempt, "accel": accel, "network": job.network},
+            )
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.PIPE, start_new_session=True,

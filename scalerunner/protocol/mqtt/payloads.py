@@ -138,6 +138,7 @@ class RunJob(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
     upload_url: str = ""
     upload_token: str = ""
     hil: HilRun | None = None  # a bench check after the command (docs/bench.md)
+    network: bool = False  # the job's VM gets a NIC (vm runtime, docs/runtime-vm.md)
 
     def __post_init__(self) -> None:
         # msgspec turns a ValueError here into a ValidationError naming the payload

@@ -1,7 +1,8 @@
 """What the vm runtime boots: Debian's cloud kernel and an initramfs built here.
 
 The initramfs is a newc cpio archive written by code (no root, no ``find | cpio``): busybox-static
-as the whole userland, the virtio modules the kernel lacks, and ``init.sh``/``enter.sh`` from this
+as the whole userland, the virtio modules the kernel lacks (disk, serial ports, and the NIC's for
+jobs with network), and ``init.sh``/``enter.sh`` from this
 directory. It is cached by the hash of its contents. Each job appends a small second archive
 holding ``/job/run.sh`` (its argv and environment) and the work dir's content; the kernel unpacks
 concatenated archives in order, so the cached part is never rewritten.
@@ -25,6 +26,7 @@ from scalerunner.cpio import CpioEntry, newc_archive  # shared with the coordina
 
 __all__ = [
     "MODULES",
+    "NET_MODULES",
     "CpioEntry",
     "GuestError",
     "GuestKernel",
@@ -47,6 +49,8 @@ MODULES = (
     "virtio_console",
     "virtio_blk",
 )
+# The NIC's driver and what it needs, loaded by init only for a job with network (after MODULES).
+NET_MODULES = ("failover", "net_failover", "virtio_net")
 BUSYBOX = Path("/bin/busybox")
 _ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
@@ -97,7 +101,7 @@ def _base_entries(kernel: GuestKernel, busybox: Path) -> list[CpioEntry]:
     entries.append(CpioEntry("bin/sh", stat.S_IFLNK | 0o777, b"busybox"))
     entries.append(CpioEntry("init", x, _script("init.sh")))
     entries.append(CpioEntry("enter.sh", stat.S_IFREG | 0o644, _script("enter.sh")))
-    for name in MODULES:
+    for name in MODULES + NET_MODULES:
         entries.append(
             CpioEntry(f"lib/modules/{name}.ko", stat.S_IFREG | 0o644, kernel.module(name).read_bytes())
         )

@@ -49,6 +49,27 @@ done
 
 mount -t ext4 /dev/vda /mnt/root || fault "cannot mount the job's root filesystem"
 mkdir -p /mnt/root/proc /mnt/root/dev /mnt/root/tmp /mnt/root/work
+
+# Loopback always; a NIC only when the host gave one (scalerunner.net=1 on the kernel command
+# line: QEMU user-mode networking, whose fixed addresses are 10.0.2.15 for us, 10.0.2.2 the host,
+# 10.0.2.3 its DNS relay). Static, no DHCP: slirp's addresses never change and a lease costs time.
+ip link set lo up
+if grep -q scalerunner.net=1 /proc/cmdline; then
+    for m in failover net_failover virtio_net; do
+        insmod "/lib/modules/$m.ko" || fault "insmod $m failed"
+    done
+    i=0
+    while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 100 ]; do
+        i=$((i + 1))
+        usleep 50000
+    done
+    [ -e /sys/class/net/eth0 ] || fault "network requested but no eth0 appeared"
+    ip addr add 10.0.2.15/24 dev eth0 && ip link set eth0 up && ip route add default via 10.0.2.2 \
+        || fault "cannot configure eth0"
+    # The job's resolver; an image's own resolv.conf may be a link into its /run: replace it.
+    mkdir -p /mnt/root/etc && rm -f /mnt/root/etc/resolv.conf
+    echo "nameserver 10.0.2.3" > /mnt/root/etc/resolv.conf || fault "cannot write /etc/resolv.conf"
+fi
 # The attempt's work dir as the host had it (appended to the initramfs with run.sh).
 if [ -d /job/work ]; then
     cp -a /job/work/. /mnt/root/work/ || fault "cannot copy the work dir into /work"
