@@ -22,12 +22,12 @@ APPLETS = ("sh", "echo", "cat", "env", "ls", "sleep", "true", "false")
 MARKER = "only-in-the-test-image"
 
 
-def busybox_rootfs(root: Path, marker: str = MARKER) -> Path:
+def busybox_rootfs(root: Path, marker: str = MARKER, applets: tuple[str, ...] = APPLETS) -> Path:
     """A root filesystem with busybox-static, a few applets and /etc/marker."""
     (root / "bin").mkdir(parents=True)
     (root / "etc").mkdir()
     shutil.copy2("/bin/busybox", root / "bin" / "busybox")
-    for applet in APPLETS:
+    for applet in applets:
         os.symlink("busybox", root / "bin" / applet)
     (root / "etc" / "marker").write_text(marker + "\n")
     return root
@@ -43,7 +43,9 @@ def _free_port() -> int:
 class Registry:
     host: str  # "127.0.0.1:PORT"
 
-    def push_busybox(self, work: Path, name: str, marker: str = MARKER) -> str:
+    def push_busybox(
+        self, work: Path, name: str, marker: str = MARKER, applets: tuple[str, ...] = APPLETS
+    ) -> str:
         """Build a busybox image with ``marker`` in /etc/marker, push it, return its reference."""
         layout, bundle = work / "layout", work / "bundle"
         run = lambda *argv: subprocess.run(argv, check=True, capture_output=True, timeout=60)  # noqa: E731
@@ -51,7 +53,7 @@ class Registry:
         run("umoci", "new", "--image", f"{layout}:1")
         run("umoci", "unpack", "--image", f"{layout}:1", str(bundle))
         shutil.rmtree(bundle / "rootfs")
-        busybox_rootfs(bundle / "rootfs", marker)
+        busybox_rootfs(bundle / "rootfs", marker, applets)
         run("umoci", "repack", "--image", f"{layout}:1", str(bundle))
         run("umoci", "config", "--image", f"{layout}:1", "--config.env=IMAGE_VAR=from-image")
         reference = f"{self.host}/{name}"
