@@ -5,11 +5,12 @@ while its inputs are unchanged (else rebuilt, one to two minutes), the agent lay
 a snapshot of the checkout in seconds. Checked: the manifest against the files; the root it
 unpacks to (python3 and the agent run in it, the coordinator's dependencies are not there); and
 the whole path: `images build --add` puts the image in a real coordinator's registry, `images
-promote` makes it the node's, and the test plays iPXE's part over HTTP - the node's script from
-the boot server, the kernel command line (with the one-time token) and the files from the URLs
-there - and boots QEMU (TCG, user networking: the host's loopback is 10.0.2.2) with them. The
-agent in the VM trades its token, connects to the coordinator's mosquitto, and the node goes
-online; no password is in any file the VM gets.
+promote` makes it the nodes', and two VMs boot it (QEMU TCG, user networking: the host's loopback
+is 10.0.2.2): one with -kernel/-initrd/-append, the test playing iPXE's part over HTTP (the
+node's script from the boot server, its kernel command line with the one-time token, the files
+from its URLs), one network-booted by QEMU's own iPXE. In each the agent trades its token,
+connects to the coordinator's mosquitto, and the node goes online; no password is in any file a
+VM gets, and a spent token is refused.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -40,7 +41,8 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".cache" / "node-image"
 QEMU = shutil.which("qemu-system-x86_64")
 SCALERUNNER = Path(sys.executable).parent / "scalerunner"
-NODE, MAC = "img-01", "52:54:00:c0:0c:01"
+NODE, MAC = "img-01", "52:54:00:c0:0c:01"  # booted with -kernel/-initrd
+NODE2, MAC2 = "img-02", "52:54:00:c0:0c:02"  # booted by iPXE
 ONLINE = ("online", "idle", "busy")
 BOOT_TIMEOUT = 150.0  # s: under TCG the node measured online in about 35 s
 
@@ -165,18 +167,43 @@ def _script_parts(script: str, base: str, local: str) -> tuple[list[str], str]:
     return [u.replace(base, local, 1) for u in urls], args
 
 
-@contextmanager
-def _coordinator(directory: Path, inventory_text: str) -> Iterator[RunningCoordinator]:
-    """A coordinator with [boot] enabled whose boot server reads its own image registry."""
-    directory.mkdir(parents=True, exist_ok=True)
+@dataclass
+class Registered:
+    coord: RunningCoordinator
+    out_dir: Path  # what `images build` wrote
+
+    @property
+    def vm_base(self) -> str:  # the boot server as the VM reaches it
+        assert self.coord.c.boot is not None
+        return f"http://10.0.2.2:{self.coord.c.boot.port}"
+
+
+@pytest.fixture(scope="module")
+def registered(image: BuildResult, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registered]:
+    """A coordinator with [boot] enabled whose boot server reads its own image registry, into
+    which `images build --add` put the image, promoted to the nodes' group by `images promote`."""
+    if QEMU is None:
+        pytest.fail("qemu-system-x86_64 missing: run make setup")
+    directory = tmp_path_factory.mktemp("coord")
+    text = boot_inventory("lab", [(NODE, MAC), (NODE2, MAC2)], advertise="10.0.2.2")
     path = directory / "scalerunner.toml"
-    path.write_text(inventory_text)
-    inventory = loads_inventory(inventory_text, path)
+    path.write_text(text)
+    inventory = loads_inventory(text, path)
     run = RunningCoordinator(Coordinator(inventory, directory / "state", source=str(path), api_port=0))
     run._thread.start()
     try:
         run.call(run.c.start())
-        yield run
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SCALERUNNER_")}
+        api = ["--url", run.c.api_url, "--token", run.c.token]
+        out_dir = directory / "image"
+        build = [str(SCALERUNNER), "images", "build", "--arch", "amd64", "-o", str(out_dir)]
+        build += ["--cache-dir", str(CACHE / "layers"), "--add", "node-os", "1", *api]
+        done = subprocess.run(build, capture_output=True, text=True, env=env, timeout=600)
+        assert done.returncode == 0 and done.stdout == "node-os 1\n", done.stderr[-3000:]
+        promote = [str(SCALERUNNER), "images", "promote", "node-os", "1", "--group", "default", *api]
+        done = subprocess.run(promote, capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, done.stderr
+        yield Registered(run, out_dir)
     finally:
         try:
             run.call(run.c.stop())
@@ -185,82 +212,91 @@ def _coordinator(directory: Path, inventory_text: str) -> Iterator[RunningCoordi
             run._thread.join(10)
 
 
+def _boot_until_online(coord: RunningCoordinator, node: str, argv: list[str], console: Path) -> str:
+    """Run QEMU until ``node`` is online (then kill it); the console's text."""
+    started = time.monotonic()
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        state = ""
+        while time.monotonic() - started < BOOT_TIMEOUT:
+            state = coord.node_state(node)
+            if state in ONLINE or proc.poll() is not None:
+                break
+            time.sleep(0.5)
+        took = time.monotonic() - started
+        out = console.read_text(errors="replace") if console.exists() else ""
+        assert state in ONLINE, f"node {node} is {state} after {took:.0f} s; console:\n{out[-4000:]}"
+    finally:
+        proc.kill()
+        proc.wait()
+    print(f"\n{node}: QEMU start to online {took:.1f} s (TCG)")
+    for step in (
+        f"scalerunner-init: node {node}",
+        "scalerunner-init: network: eth0 10.0.2.15/24 via 10.0.2.2",
+        "scalerunner-init: scalerunner-agent starting",
+    ):
+        assert step in out, out[-4000:]
+    return out
+
+
+def _token_was_traded_and_is_spent(registered: Registered, node: str, token: str) -> None:
+    coord = registered.coord
+    reasons = [e["new"] for e in coord.events() if e["node"] == node and e["axis"] == "boot"]
+    assert "token-traded" in reasons, reasons
+    with httpx.Client(timeout=10) as http:
+        again = http.post(f"{coord.boot_url}/boot/v1/credentials", json={"node": node, "token": token})
+    assert again.status_code == 403
+
+
+def _qemu(console: Path, mac: str, *boot: str, netdev: str = "user,id=n0") -> list[str]:
+    return [
+        str(QEMU),
+        "-machine", "q35,accel=tcg", "-m", "512", "-smp", "1",
+        "-display", "none", "-no-reboot", "-serial", f"file:{console}",
+        "-netdev", netdev, "-device", f"virtio-net-pci,netdev=n0,mac={mac}",
+        *boot,
+    ]  # fmt: skip
+
+
 @pytest.mark.vm
-def test_an_image_built_and_added_by_the_cli_boots_a_vm_whose_agent_trades_its_token_and_goes_online(
-    image: BuildResult, tmp_path: Path
+def test_a_vm_given_the_boot_servers_kernel_and_initrds_trades_its_token_and_goes_online(
+    registered: Registered, tmp_path: Path
 ) -> None:
-    if QEMU is None:
-        pytest.fail("qemu-system-x86_64 missing: run make setup")
-    text = boot_inventory("lab", [(NODE, MAC)], advertise="10.0.2.2")
-    with _coordinator(tmp_path / "coord", text) as coord:
-        assert coord.c.boot is not None
-        env = {k: v for k, v in os.environ.items() if not k.startswith("SCALERUNNER_")}
-        api = ["--url", coord.c.api_url, "--token", coord.c.token]
-        out_dir = tmp_path / "image"
-        build = [str(SCALERUNNER), "images", "build", "--arch", "amd64", "-o", str(out_dir)]
-        build += ["--cache-dir", str(CACHE / "layers"), "--add", "node-os", "1", *api]
-        done = subprocess.run(build, capture_output=True, text=True, env=env, timeout=600)
-        assert done.returncode == 0 and done.stdout == "node-os 1\n", done.stderr[-3000:]
-        promote = [str(SCALERUNNER), "images", "promote", "node-os", "1", "--group", "default", *api]
-        done = subprocess.run(promote, capture_output=True, text=True, env=env, timeout=60)
-        assert done.returncode == 0, done.stderr
+    local = registered.coord.boot_url
+    with httpx.Client(timeout=30) as http:
+        script = http.get(f"{local}/boot/ipxe", params={"mac": MAC}).raise_for_status().text
+        urls, args = _script_parts(script, registered.vm_base, local)
+        assert len(urls) == 3, script  # kernel, the image's initrd, the node's settings
+        files = [http.get(u).raise_for_status().content for u in urls]
+    token = re.search(r"scalerunner\.token=(\S+)", args)
+    assert token and f"scalerunner.node={NODE}" in args and f"scalerunner.url={registered.vm_base}" in args
+    assert "console=ttyS0" in args  # the manifest's cmdline became the image's template
+    assert files[0] == (registered.out_dir / "vmlinuz").read_bytes()
+    assert files[1] == (registered.out_dir / "initrd.img").read_bytes()
+    assert b"password =" not in files[2] and b"password_file" not in files[2]
+    kernel = tmp_path / "vmlinuz"
+    kernel.write_bytes(files[0])
+    initrd = tmp_path / "initrd"  # as iPXE hands them over: one after the other
+    initrd.write_bytes(files[1] + files[2])
+    console = tmp_path / "console.log"
+    argv = _qemu(console, MAC, "-kernel", str(kernel), "-initrd", str(initrd), "-append", args)
+    _boot_until_online(registered.coord, NODE, argv, console)
+    _token_was_traded_and_is_spent(registered, NODE, token.group(1))
 
-        vm_base, local = f"http://10.0.2.2:{coord.c.boot.port}", coord.boot_url
-        with httpx.Client(timeout=30) as http:
-            script = http.get(f"{local}/boot/ipxe", params={"mac": MAC}).raise_for_status().text
-            urls, args = _script_parts(script, vm_base, local)
-            assert len(urls) == 3, script  # kernel, the image's initrd, the node's settings
-            files = [http.get(u).raise_for_status().content for u in urls]
-        token = re.search(r"scalerunner\.token=(\S+)", args)
-        assert token and f"scalerunner.node={NODE}" in args and f"scalerunner.url={vm_base}" in args
-        assert "console=ttyS0" in args  # the manifest's cmdline became the image's template
-        assert files[0] == (out_dir / "vmlinuz").read_bytes()
-        assert files[1] == (out_dir / "initrd.img").read_bytes()
-        assert b"password =" not in files[2] and b"password_file" not in files[2]
-        kernel = tmp_path / "vmlinuz"
-        kernel.write_bytes(files[0])
-        initrd = tmp_path / "initrd"  # as iPXE hands them over: one after the other
-        initrd.write_bytes(files[1] + files[2])
 
-        console = tmp_path / "console.log"
-        argv = [
-            QEMU,
-            "-machine", "q35,accel=tcg", "-m", "512", "-smp", "1",
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-serial", f"file:{console}",
-            "-kernel", str(kernel), "-initrd", str(initrd), "-append", args,
-            "-netdev", "user,id=n0", "-device", f"virtio-net-pci,netdev=n0,mac={MAC}",
-        ]  # fmt: skip
-        started = time.monotonic()
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-        )
-        try:
-            state = ""
-            while time.monotonic() - started < BOOT_TIMEOUT:
-                state = coord.node_state(NODE)
-                if state in ONLINE or proc.poll() is not None:
-                    break
-                time.sleep(0.5)
-            took = time.monotonic() - started
-            out = console.read_text(errors="replace") if console.exists() else ""
-            assert state in ONLINE, f"node {NODE} is {state} after {took:.0f} s; console:\n{out[-4000:]}"
-        finally:
-            proc.kill()
-            proc.wait()
-        print(f"\nboot to online: {took:.1f} s (TCG)")
-        for step in (
-            "scalerunner-init: node img-01",
-            "scalerunner-init: network: eth0 10.0.2.15/24 via 10.0.2.2",
-        ):
-            assert step in out, out[-4000:]
-        assert "scalerunner-init: scalerunner-agent starting" in out
-        reasons = [e["new"] for e in coord.events() if e["node"] == NODE and e["axis"] == "boot"]
-        assert "token-traded" in reasons, reasons
-        # the token is spent: a second trade is refused
-        with httpx.Client(timeout=10) as http:
-            again = http.post(f"{local}/boot/v1/credentials", json={"node": NODE, "token": token.group(1)})
-        assert again.status_code == 403
+@pytest.mark.vm
+def test_a_vm_that_network_boots_with_ipxe_runs_the_image_and_goes_online(
+    registered: Registered, tmp_path: Path
+) -> None:
+    """The whole path: QEMU's DHCP names the boot server's iPXE URL, iPXE fetches the script,
+    the kernel and both initrds over HTTP, and boots them."""
+    console = tmp_path / "console.log"
+    bootfile = f"{registered.vm_base}/boot/ipxe?mac={MAC2}"
+    argv = _qemu(console, MAC2, "-boot", "n", netdev=f"user,id=n0,bootfile={bootfile}")
+    out = _boot_until_online(registered.coord, NODE2, argv, console)
+    token = re.search(r"Command line: .*scalerunner\.token=(\S+)", out)
+    assert token, out[-4000:]
+    _token_was_traded_and_is_spent(registered, NODE2, token.group(1))
 
 
 def test_the_agent_layer_is_the_same_bytes_when_built_twice_from_the_same_checkout(
