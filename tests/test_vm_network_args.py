@@ -61,6 +61,7 @@ def test_network_is_off_unless_the_spec_asks_and_travels_in_run_job() -> None:
         ("http://127.0.0.1:8080/api/v1/github/jitconfig", "http://10.0.2.2:8080/api/v1/github/jitconfig"),
         ("https://u:p@LocalHost/x?y=127.0.0.1#f", "https://u:p@10.0.2.2/x?y=127.0.0.1#f"),
         ("http://127.0.0.1", "http://10.0.2.2"),
+        ("http://0.0.0.0:8000/a", "http://10.0.2.2:8000/a"),  # a coordinator on every address
         ("127.0.0.1:5000", "127.0.0.1:5000"),  # not a URL: the job's own business
         ("http://127.0.0.1.example.com/", "http://127.0.0.1.example.com/"),
         ("http://[::1]:80/", "http://[::1]:80/"),  # slirp forwards IPv4 loopback only
@@ -72,7 +73,9 @@ def test_guest_url(value: str, seen: str) -> None:
     assert guest_url(value) == seen
 
 
-hosts = st.sampled_from(["127.0.0.1", "localhost", "LOCALHOST", "10.1.2.3", "github.com", "127.0.0.2"])
+hosts = st.sampled_from(
+    ["127.0.0.1", "localhost", "LOCALHOST", "0.0.0.0", "10.1.2.3", "github.com", "127.0.0.2"]
+)
 ports = st.one_of(st.just(""), st.integers(1, 65535).map(lambda p: f":{p}"))
 paths = st.text(st.sampled_from("abc/?=&#%.127:@"), max_size=20).map(lambda t: "/" + t)
 
@@ -82,7 +85,7 @@ def test_guest_url_replaces_only_a_loopback_host_and_keeps_the_rest(
     scheme: str, userinfo: str, host: str, port: str, path: str
 ) -> None:
     url = f"{scheme}://{userinfo}{host}{port}{path}"
-    loopback = host.lower() in ("127.0.0.1", "localhost")
+    loopback = host.lower() in ("127.0.0.1", "localhost", "0.0.0.0")
     assert guest_url(url) == (f"{scheme}://{userinfo}10.0.2.2{port}{path}" if loopback else url)
 
 

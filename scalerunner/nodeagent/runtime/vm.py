@@ -62,7 +62,9 @@ PORTS: tuple[str, ...] = ("stdout", "stderr", "work", "status")
 DISK_SLACK_MB = 64  # free space the job gets on its root filesystem
 # QEMU user-mode networking's fixed plan: the guest is 10.0.2.15, the host (its 127.0.0.1) 10.0.2.2.
 SLIRP_HOST = "10.0.2.2"
-_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost"})
+# 0.0.0.0 too: a coordinator listening on every address names it in its URLs, and on the node
+# a connection to it reaches the node itself.
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "0.0.0.0"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +106,7 @@ def qemu_argv(
 
 
 def guest_url(value: str) -> str:
-    """``value`` with a loopback host (127.0.0.1, localhost) replaced by the slirp host address,
+    """``value`` with a loopback host (127.0.0.1, localhost, 0.0.0.0) replaced by the slirp host address,
     if it is a URL (``scheme://host...``); anything else unchanged. [::1] is not rewritten: slirp
     forwards 10.0.2.2 to the host's IPv4 loopback only."""
     try:
