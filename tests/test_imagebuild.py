@@ -200,3 +200,21 @@ def test_the_initrd_is_its_layers_back_to_back_padded_to_four_bytes(parts: list[
     assert whole[: sum(map(len, parts))] == b"".join(parts)
     assert [whole[o : o + n] for o, n in spans] == parts
     assert set(whole[sum(map(len, parts)) :]) <= {0}
+
+
+def test_the_cli_refuses_an_arch_this_machine_cannot_build_with_exit_2_naming_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from scalerunner.cli import cli
+    from scalerunner.imagebuild import builder
+
+    monkeypatch.setattr(builder, "_host_arch", lambda: "amd64")
+    monkeypatch.setattr(builder, "_binfmt_entries", lambda: ["status", "register"])
+    result = CliRunner().invoke(cli, ["images", "build", "--arch", "arm64", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert "cannot build arm64 on this amd64 machine" in result.output and "qemu-user-static" in result.output
+    assert not (tmp_path / "out").exists()
+    unknown = CliRunner().invoke(cli, ["images", "build", "--arch", "mips"])
+    assert unknown.exit_code == 2 and "mips" in unknown.output
