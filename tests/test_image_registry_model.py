@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
@@ -20,6 +21,8 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 from scalerunner.coordinator.pxe import rules
 from scalerunner.coordinator.pxe.registry import ImageError, ImageRegistry
 from scalerunner.coordinator.store import SqliteStore
+
+pytestmark = pytest.mark.slow  # a long hypothesis run (about 10 s)
 
 NODES = {"a1": ("amd64", "default"), "a2": ("amd64", "canary"), "r1": ("arm64", "canary")}
 VERSIONS = st.sampled_from(["1", "2", "3", "4"])
