@@ -163,6 +163,14 @@ def test_promote_makes_the_boot_server_serve_that_version_and_rollback_goes_back
     assert "/vmlinuz" in c.ipxe("02:00:00:00:00:01") and first_kernel not in c.ipxe("02:00:00:00:00:01")
     done = c.images("promote", "node", "2.0", "--node", N2)  # N2 is arm64, 2.0 has no arm64 build
     assert done.returncode == 1 and f"node {N2} is arm64" in done.stderr
+    c.ok("promote", "node", "1.0", "--node", N2)
+    listed = {k: i["overridden_for"] for k, i in by_key(c.cli_json("images", "ls")).items()}
+    assert listed == {
+        ("node", "1.0", "amd64"): [],
+        ("node", "1.0", "arm64"): [N2],  # the build N2 boots, not every arch of the version
+        ("node", "2.0", "amd64"): [N1],
+    }
+    c.ok("clear-override", N2)
     c.ok("clear-override", N1)
     assert f"/boot/files/{first_kernel}/vmlinuz" in c.ipxe("02:00:00:00:00:01")
     changes = [(e["old"], e["new"]) for e in c.events(N1) if e["axis"] == "image"]

@@ -52,7 +52,7 @@ class ImageView(BaseModel):
     size: int = Field(description="bytes, all files together")
     files: list[FileView]
     promoted_to: list[str] = Field(description="the groups this build is the current promotion of")
-    overridden_for: list[str] = Field(description="the nodes whose override names this version")
+    overridden_for: list[str] = Field(description="the nodes whose override boots this build")
 
 
 class PromotionView(BaseModel):
@@ -147,7 +147,11 @@ def _view(registry: ImageRegistry, i: ImageRecord) -> ImageView:
         promoted_to=[
             p.group for p in registry.current() if (p.image, p.arch, p.version) == (i.name, i.arch, i.version)
         ],
-        overridden_for=[o.node for o in registry.overrides() if (o.image, o.version) == (i.name, i.version)],
+        overridden_for=[
+            o.node
+            for o in registry.overrides()
+            if (o.image, o.version) == (i.name, i.version) and registry.node_arch(o.node) in (None, i.arch)
+        ],
     )
 
 

@@ -172,6 +172,10 @@ class ImageRegistry:
     def overrides(self) -> list[OverrideRecord]:
         return [self._overrides[n] for n in sorted(self._overrides)]
 
+    def node_arch(self, node: str) -> str | None:
+        """A node's arch from the inventory (None: not known here)."""
+        return None if self.nodes is None or node not in self.nodes else self.nodes[node][0]
+
     # -- changes ------------------------------------------------------------------------------
 
     async def add(
