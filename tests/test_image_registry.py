@@ -257,3 +257,19 @@ def test_each_change_to_what_a_node_boots_next_is_an_event_of_that_node(tmp_path
         ]
 
     run(tmp_path, body)
+
+
+def test_concurrent_uploads_of_one_blob_store_it_once_whole(tmp_path: Path) -> None:
+    async def slow(data: bytes) -> AsyncIterator[bytes]:
+        for i in range(0, len(data), 500):
+            await asyncio.sleep(0)  # interleave the uploads piece by piece
+            yield data[i : i + 500]
+
+    async def body(reg: ImageRegistry) -> None:
+        got = await asyncio.gather(*(reg.put_blob(sha(KERNEL), slow(KERNEL)) for _ in range(4)))
+        assert all(size == len(KERNEL) for size, _ in got) and any(new for _, new in got)
+        assert reg.blob_path(sha(KERNEL)).read_bytes() == KERNEL
+        assert os.listdir(reg.blobs.dir) == [sha(KERNEL)]
+        assert os.listdir(reg.blobs.tmp) == []
+
+    run(tmp_path, body)
