@@ -230,3 +230,25 @@ def test_tree_is_rebuilt_with_a_fresh_token_before_the_old_one_expires(tmp_path:
     asyncio.run(run())
     assert minted == ["pi1", "pi1"]
     assert "scalerunner.token=t2" in (tmp_path / "tftp" / "1a2b3c4d" / "cmdline.txt").read_text()
+
+
+def test_a_traded_token_is_replaced_at_once_and_other_nodes_are_left_alone(tmp_path: Path) -> None:
+    images = Images(tmp_path / "blobs")
+    images.put("1", pi_contents())
+    minted: list[str] = []
+
+    async def token(node: str) -> str:
+        minted.append(node)
+        return f"t{len(minted)}"
+
+    t = TftpTree(tmp_path / "tftp", BOOT, [PI], images, token=token, token_max_age=450, clock=lambda: 0.0)
+
+    async def run() -> None:
+        assert await t.refresh() == ["pi1"]
+        assert await t.token_spent("pi1") is True  # the Pi booted and traded t1
+        assert await t.token_spent("not-a-pi") is False
+        assert await t.refresh() == []  # the fresh one is not rebuilt again before its time
+
+    asyncio.run(run())
+    assert minted == ["pi1", "pi1"]
+    assert "scalerunner.token=t2" in (tmp_path / "tftp" / "1a2b3c4d" / "cmdline.txt").read_text()

@@ -306,6 +306,10 @@ class Coordinator:
         async def record(event: Event) -> None:
             await store.apply(None, [event])
 
+        async def on_traded(name: str) -> None:  # a Pi's next boot needs a fresh token in its tree
+            if self.tftp is not None:
+                await self.tftp.token_spent(name)
+
         self.boot = BootServer(
             self.inventory,
             self.boot_images,
@@ -316,6 +320,7 @@ class Coordinator:
             broker_port=lambda: broker.port,
             port=self.boot_port,
             source=self.source,
+            on_traded=on_traded,
         )
         await self.boot.start()
         self._stops.append(self.boot.stop)

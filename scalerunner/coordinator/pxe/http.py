@@ -106,7 +106,8 @@ def bind(host: str, port: int, source: str = "inventory") -> socket.socket:
 class BootServer:
     """The boot HTTP server on ``boot.listen``. ``on_boot(node, at)`` steps the node's lifecycle
     with ``BootRequested``; ``record`` stores an event; ``password(node)`` is the node's broker
-    password; ``broker_port()`` the broker's port (known once it started)."""
+    password; ``broker_port()`` the broker's port (known once it started); ``on_traded(node)``,
+    if given, hears of every successful trade (the TFTP tree re-mints a Pi's token then)."""
 
     def __init__(
         self,
@@ -121,8 +122,10 @@ class BootServer:
         port: int | None = None,
         source: str = "inventory",
         clock: Callable[[], float] = time.time,
+        on_traded: Callable[[str], Awaitable[object]] | None = None,
     ) -> None:
         self.inventory = inventory
+        self.on_traded = on_traded
         self.config: BootConfig = inventory.boot
         self.images = images
         self.tokens = tokens
@@ -329,6 +332,11 @@ class BootServer:
                 503, f"node {node.name}: its broker credentials are not available: {exc}", node.name
             )
         self.trades["ok"] += 1
+        if self.on_traded is not None:
+            try:
+                await self.on_traded(node.name)
+            except Exception:  # the node has its credentials; a late re-mint is the tree's poll's
+                log.exception("after the token trade of %s", node.name, extra={"node": node.name})
         await self._event(node.name, "token-traded", "boot token traded for broker credentials", self.clock())
         log.info("boot token traded", extra={"node": node.name, "remote": request.remote})
         answer = Credentials(

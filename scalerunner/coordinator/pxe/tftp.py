@@ -143,6 +143,16 @@ class TftpTree:
                 )
         return rebuilt
 
+    async def token_spent(self, name: str) -> bool:
+        """``name`` traded its token: a Pi's directory is rebuilt at once with a fresh one, so
+        the Pi's next boot (a RAM image keeps no credentials) finds a live token rather than
+        waiting for the token's half-life. False for a node that is not a Pi here."""
+        node = next((n for n in self.pi_nodes() if n.name == name), None)
+        if node is None:
+            return False
+        self._built.pop(name, None)
+        return await self._build(node)
+
     def node_dir(self, node: Node) -> Path:
         return self.root / node_dir_name(node, self.boot.pi_tftp_prefix)
 
