@@ -51,7 +51,7 @@ def test_mmdebstrap_gets_the_packages_the_excludes_the_cache_and_every_source() 
     argv = mmdebstrap_argv(spec, "/r/root", "/r/debs", 0)
     assert argv[0] == "mmdebstrap" and "--variant=essential" in argv
     include = next(a for a in argv if a.startswith("--include=")).removeprefix("--include=").split(",")
-    for pkg in ("python3", "busybox", "kmod", "linux-image-cloud-amd64", "usr-is-merged", "ethtool"):
+    for pkg in ("python3", "busybox", "kmod", "mount", "linux-image-cloud-amd64", "usr-is-merged", "ethtool"):
         assert pkg in include
     assert "--dpkgopt=path-exclude=/usr/share/doc/*" in argv
     assert "--dpkgopt=path-include=/usr/share/doc/*/copyright" in argv
@@ -68,6 +68,20 @@ def test_mmdebstrap_gets_the_packages_the_excludes_the_cache_and_every_source() 
     assert "linux-image-amd64" in ",".join(
         mmdebstrap_argv(dataclasses.replace(spec, kernel_package="linux-image-amd64"), "r", "d", 0)
     )
+
+
+def test_a_change_to_the_builders_own_package_list_or_hooks_changes_the_base_key(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from scalerunner.imagebuild import spec as spec_module
+
+    spec = BuildSpec(arch="amd64")
+    before = layer_key("base", spec)
+    monkeypatch.setattr(spec_module, "BASE_PACKAGES", (*spec_module.BASE_PACKAGES, "ethtool"))
+    assert layer_key("base", spec) != before
+    monkeypatch.undo()
+    monkeypatch.setattr(spec_module, "MKTIRFS", "/usr/sbin/other")
+    assert layer_key("base", spec) != before
 
 
 def test_pip_installs_exactly_the_pins_and_only_wheels_for_another_platform() -> None:

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 __all__ = [
     "AGENT_REQUIREMENTS",
     "ARCHES",
+    "BASE_PACKAGES",
     "DEFAULT_CMDLINE",
     "DEFAULT_MIRROR",
     "DEFAULT_SECURITY_MIRROR",
@@ -61,6 +62,12 @@ AGENT_REQUIREMENTS = (
     "rich",
     "typing_extensions",
 )
+
+# Every image's Debian packages besides the Essential ones and the kernel.
+# usr-is-merged: else apt satisfies init-system-helpers with usrmerge, which pulls in perl.
+# tiny-initramfs: the kernel needs an initramfs tool; this one is small, and never runs.
+# mount: the process runtime's namespace setup mounts proc and overlays (not Essential).
+BASE_PACKAGES = ("python3", "busybox", "kmod", "ca-certificates", "mount", "usr-is-merged", "tiny-initramfs")
 
 # Documentation, manuals and translations: a RAM image has no reader for them. Copyright files stay.
 DPKG_EXCLUDES = (
@@ -136,10 +143,7 @@ class BuildSpec:
 
     @property
     def packages(self) -> tuple[str, ...]:
-        # usr-is-merged: else apt satisfies init-system-helpers with usrmerge, which pulls in perl.
-        # tiny-initramfs: the kernel needs an initramfs tool; this one is small, and never runs.
-        base = ("python3", "busybox", "kmod", "ca-certificates", "usr-is-merged", "tiny-initramfs")
-        return (*base, self.kernel, *self.extra_packages)
+        return (*BASE_PACKAGES, self.kernel, *self.extra_packages)
 
 
 def sources(spec: BuildSpec) -> list[str]:
@@ -208,6 +212,9 @@ class _Key:
 
 
 def layer_key(layer: str, spec: BuildSpec, extra: Mapping[str, str] | None = None) -> str:
-    """The cache key of a layer: sha256 of its inputs as canonical JSON (hex, 64 digits)."""
-    doc = asdict(_Key(layer, asdict(spec), dict(sorted((extra or {}).items()))))
+    """The cache key of a layer: sha256 of its inputs as canonical JSON (hex, 64 digits). The
+    inputs are the spec and the mmdebstrap command it gives, so a change to the package list or
+    the hooks in this file makes a new key too."""
+    inputs = {**asdict(spec), "mmdebstrap": mmdebstrap_argv(spec, "ROOT", "DEBS", 0)}
+    doc = asdict(_Key(layer, inputs, dict(sorted((extra or {}).items()))))
     return hashlib.sha256(json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

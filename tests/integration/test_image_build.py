@@ -10,7 +10,7 @@ is 10.0.2.2): one with -kernel/-initrd/-append, the test playing iPXE's part ove
 node's script from the boot server, its kernel command line with the one-time token, the files
 from its URLs), one network-booted by QEMU's own iPXE. In each the agent trades its token,
 connects to the coordinator's mosquitto, and the node goes online; no password is in any file a
-VM gets, and a spent token is refused.
+VM gets, and a spent token is refused. The first node then runs a job (the process runtime).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,7 +79,7 @@ def test_the_manifest_names_both_files_by_sha256_with_every_package_version_and_
     assert (m.arch, m.suite, m.python, m.agent_version) == ("amd64", "bookworm", "3.11", __version__)
     for name, path in (("vmlinuz", image.kernel), ("initrd.img", image.initrd)):
         assert m.file(name).sha256 == _sha256(path) and m.file(name).size == path.stat().st_size
-    for pkg in ("python3", "busybox", "kmod", "ca-certificates", m.kernel.package):
+    for pkg in ("python3", "busybox", "kmod", "ca-certificates", "mount", m.kernel.package):
         assert pkg in m.packages, pkg
     assert m.kernel.package == f"linux-image-{m.kernel.release}"
     assert m.packages[m.kernel.package] == m.kernel.version
@@ -212,8 +213,9 @@ def registered(image: BuildResult, tmp_path_factory: pytest.TempPathFactory) -> 
             run._thread.join(10)
 
 
-def _boot_until_online(coord: RunningCoordinator, node: str, argv: list[str], console: Path) -> str:
-    """Run QEMU until ``node`` is online (then kill it); the console's text."""
+@contextmanager
+def _online(coord: RunningCoordinator, node: str, argv: list[str], console: Path) -> Iterator[str]:
+    """QEMU running until ``node`` is online, then the body (the VM still up); the console's text."""
     started = time.monotonic()
     proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -226,17 +228,17 @@ def _boot_until_online(coord: RunningCoordinator, node: str, argv: list[str], co
         took = time.monotonic() - started
         out = console.read_text(errors="replace") if console.exists() else ""
         assert state in ONLINE, f"node {node} is {state} after {took:.0f} s; console:\n{out[-4000:]}"
+        print(f"\n{node}: QEMU start to online {took:.1f} s (TCG)")
+        for step in (
+            f"scalerunner-init: node {node}",
+            "scalerunner-init: network: eth0 10.0.2.15/24 via 10.0.2.2",
+            "scalerunner-init: scalerunner-agent starting",
+        ):
+            assert step in out, out[-4000:]
+        yield out
     finally:
         proc.kill()
         proc.wait()
-    print(f"\n{node}: QEMU start to online {took:.1f} s (TCG)")
-    for step in (
-        f"scalerunner-init: node {node}",
-        "scalerunner-init: network: eth0 10.0.2.15/24 via 10.0.2.2",
-        "scalerunner-init: scalerunner-agent starting",
-    ):
-        assert step in out, out[-4000:]
-    return out
 
 
 def _token_was_traded_and_is_spent(registered: Registered, node: str, token: str) -> None:
@@ -280,8 +282,27 @@ def test_a_vm_given_the_boot_servers_kernel_and_initrds_trades_its_token_and_goe
     initrd.write_bytes(files[1] + files[2])
     console = tmp_path / "console.log"
     argv = _qemu(console, MAC, "-kernel", str(kernel), "-initrd", str(initrd), "-append", args)
-    _boot_until_online(registered.coord, NODE, argv, console)
-    _token_was_traded_and_is_spent(registered, NODE, token.group(1))
+    with _online(registered.coord, NODE, argv, console):
+        _token_was_traded_and_is_spent(registered, NODE, token.group(1))
+        # and it is a compute node: a job runs there (the agent's process runtime, in the image)
+        coord = registered.coord
+        with coord.api() as api:
+            health = {"health": "good", "reason": "test"}
+            api.put(f"/api/v1/nodes/{NODE}/health", json=health).raise_for_status()
+        cli = [str(SCALERUNNER), "jobs"]
+        auth = ["--url", coord.c.api_url, "--token", coord.c.token]
+        job = 'echo "hello from $(hostname), python $(python3 -c "import sys; print(sys.version_info[1])")"'
+        submit = [*cli, "submit", "--label", "netboot", "--timeout", "60", *auth, "--", "sh", "-c", job]
+        done = subprocess.run(submit, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        job_id = done.stdout.strip()
+        done = subprocess.run(
+            [*cli, "wait", job_id, "--timeout", "60", *auth], capture_output=True, text=True
+        )
+        logs = subprocess.run([*cli, "logs", job_id, *auth], capture_output=True, text=True, timeout=30)
+        assert done.returncode == 0, f"{done.stderr}\n{logs.stdout}\n{logs.stderr}"
+        assert logs.stdout == f"hello from {NODE}, python 11\n", logs.stderr
+        assert "no usable cgroups" not in console.read_text(errors="replace")  # init mounted cgroup2
 
 
 @pytest.mark.vm
@@ -293,10 +314,10 @@ def test_a_vm_that_network_boots_with_ipxe_runs_the_image_and_goes_online(
     console = tmp_path / "console.log"
     bootfile = f"{registered.vm_base}/boot/ipxe?mac={MAC2}"
     argv = _qemu(console, MAC2, "-boot", "n", netdev=f"user,id=n0,bootfile={bootfile}")
-    out = _boot_until_online(registered.coord, NODE2, argv, console)
-    token = re.search(r"Command line: .*scalerunner\.token=(\S+)", out)
-    assert token, out[-4000:]
-    _token_was_traded_and_is_spent(registered, NODE2, token.group(1))
+    with _online(registered.coord, NODE2, argv, console) as out:
+        token = re.search(r"Command line: .*scalerunner\.token=(\S+)", out)
+        assert token, out[-4000:]
+        _token_was_traded_and_is_spent(registered, NODE2, token.group(1))
 
 
 def test_the_agent_layer_is_the_same_bytes_when_built_twice_from_the_same_checkout(

@@ -14,6 +14,8 @@ mkdir -p /dev/pts /dev/shm /run /tmp
 busybox mount -t devpts devpts /dev/pts
 busybox mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
 busybox mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
+# The process runtime limits each job's cpu, memory and pids in a cgroup of its own.
+busybox mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 chmod 1777 /tmp
 say "image $(cat /etc/scalerunner/image-version 2> /dev/null), kernel $(uname -r), $(grep MemTotal /proc/meminfo | tr -s ' ')"
 
