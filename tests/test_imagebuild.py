@@ -232,3 +232,18 @@ def test_the_cli_refuses_an_arch_this_machine_cannot_build_with_exit_2_naming_wh
     assert not (tmp_path / "out").exists()
     unknown = CliRunner().invoke(cli, ["images", "build", "--arch", "mips"])
     assert unknown.exit_code == 2 and "mips" in unknown.output
+
+
+def test_a_build_as_another_user_than_root_stops_at_once_with_exit_2(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from click.testing import CliRunner
+
+    from scalerunner.cli import cli
+    from scalerunner.imagebuild import builder
+
+    monkeypatch.setattr(builder, "_host_arch", lambda: "amd64")
+    monkeypatch.setattr(builder.os, "geteuid", lambda: 1000)
+    result = CliRunner().invoke(cli, ["images", "build", "--arch", "amd64", "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "run as root" in result.output
+    assert not (tmp_path / "out").exists()

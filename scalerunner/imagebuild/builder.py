@@ -534,6 +534,8 @@ def build_image(
     started = time.monotonic()
     rep: Reporter = reporter or NullReporter()
     check_buildable(arch, _host_arch(), _binfmt_entries())
+    if os.geteuid() != 0:
+        raise BuildError("root", "run as root: mmdebstrap and depmod chroot into the image's root")
     spec = BuildSpec(
         arch=arch,
         suite=suite,

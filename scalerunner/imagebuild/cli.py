@@ -145,7 +145,7 @@ def build(
             )
     except BuildError as exc:
         console.print(f"[red]scalerunner images build: {exc}", highlight=False)
-        sys.exit(USAGE if exc.stage == "arch" else FAILED)  # an arch this machine cannot build: config
+        sys.exit(USAGE if exc.stage in ("arch", "root") else FAILED)  # this machine cannot build it
     m = result.manifest
     initrd = m.file(INITRD_FILE)
     verb = "up to date" if result.reused else f"built in {time.monotonic() - started:.0f} s"
