@@ -63,6 +63,9 @@ def agent_toml(s: NodeSettings) -> str:
         f"cluster = {_s(s.cluster)}",
         f"node = {_s(s.node)}",
         f"labels = [{', '.join(_s(label) for label in s.labels)}]",
+        # The node image's init is busybox's: its reboot stops the agent (SIGTERM, so it says
+        # offline) and restarts the machine, which boots from the network again.
+        'reboot_command = ["/bin/busybox", "reboot"]',
         "",
         "[broker]",
         f"host = {_s(s.broker_host)}",
