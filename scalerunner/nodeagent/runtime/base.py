@@ -41,7 +41,7 @@ class JobRun:
     timeout_s: float = 3600.0
     rootfs: Path | None = None  # the unpacked container root filesystem; None: the host's (process only)
     workdir: Path  # scratch for this attempt; artifacts are collected from here after the run
-    network: bool = False  # vm: a NIC (user-mode NAT); process: the node's network either way
+    network: bool = False  # vm: a NIC (user-mode NAT); process: the node's network (else only its own lo)
 
 
 class JobEnd(enum.Enum):

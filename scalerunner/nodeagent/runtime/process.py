@@ -1,4 +1,4 @@
-"""The ``process`` runtime: a job as a subprocess in its own pid and mount namespaces.
+"""The ``process`` runtime: a job as a subprocess in its own pid and mount (and network) namespaces.
 
 For development and the simulated rack; same contract as ``vm`` (see base.py). The job runs
 under util-linux ``unshare --pid --fork --mount --kill-child``: a small ``/bin/sh`` setup is pid
@@ -21,9 +21,14 @@ by the kernel and ends KILLED, "memory limit N MB reached") and ``pids_max``; ev
 job is born inside it (``cgroups.JOIN`` runs before unshare), and a cancel or a timeout kills
 every process in the group. Without cgroups (a warning is logged once) ``memory_mb`` is only the
 address-space rlimit (``ulimit -v``: an allocation beyond it fails) and cpus and pids are not
-enforced. The network is the host's (a job may need to fetch things) and there is no user
-namespace (the agent runs as root; mapping root to root would add nothing). The timeout is
-enforced: SIGKILL to all, exit code 124.
+enforced. There is no user namespace (the agent runs as root; mapping root to root would add
+nothing). The timeout is enforced: SIGKILL to all, exit code 124.
+
+Network: as in the ``vm`` runtime, a job reaches nothing it did not ask for. Without
+``JobRun.network`` it also gets its own network namespace (``unshare --net``) holding only ``lo``,
+which the setup brings up (``ip``, else busybox's ``ip``: the node image has only busybox), so
+the job can still talk to itself on 127.0.0.1 but not to the node's loopback services (the
+broker, the agent) or anything beyond. With ``network`` it shares the node's network.
 """
 
 from __future__ import annotations
@@ -51,12 +56,16 @@ DRAIN_AFTER_KILL_S = 5.0  # the pipes close once the namespace is gone; bounded 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 # pid 1 of the job's namespaces. $1 rootfs ("" for the host's), $2 scratch, $3 workdir,
-# $4 address-space limit in KiB (or unlimited); then the job's argv. "ready" tells a failed setup (a runtime
+# $4 address-space limit in KiB (or unlimited), $5 "lo" in a network namespace of its own (bring
+# lo up), "" on the node's network; then the job's argv. "ready" tells a failed setup (a runtime
 # fault) from a failed job.
 SETUP = r"""
 set -e
-rootfs=$1 scratch=$2 work=$3 kib=$4
-shift 4
+rootfs=$1 scratch=$2 work=$3 kib=$4 net=$5
+shift 5
+if [ "$net" = lo ]; then
+    if command -v ip > /dev/null; then ip link set lo up; else busybox ip link set lo up; fi
+fi
 if [ -z "$rootfs" ]; then
     mount -t proc proc /proc
     cd "$work"
@@ -144,6 +153,7 @@ class ProcessRuntime:
             "--fork",
             "--mount",
             "--propagation=private",
+            *([] if job.network else ["--net"]),
             "--kill-child=SIGKILL",
             "--",
             self._shell,
@@ -154,6 +164,7 @@ class ProcessRuntime:
             str(scratch),
             str(job.workdir.resolve()),
             kib,
+            "" if job.network else "lo",
             *job.argv,
         ]
 
