@@ -105,7 +105,7 @@ def test_client_classes_and_their_files() -> None:
     assert "dhcp-boot=tag:boot-bios,undionly.kpxe,,10.77.0.1" in d
     assert "dhcp-boot=tag:boot-efi64,ipxe.efi,,10.77.0.1" in d
     assert f"dhcp-boot=tag:boot-ipxe,{ipxe_script_url(boot())},,10.77.0.1" in d
-    assert ipxe_script_url(boot()) == "http://10.77.0.1:8069/boot/ipxe?mac=${net0/mac}"
+    assert ipxe_script_url(boot()) == "http://10.77.0.1:8069/boot/ipxe?mac=${net0/mac}&arch=${buildarch}"
     assert 'pxe-service=tag:boot-pi,0,"Raspberry Pi Boot"' in d
     assert "dhcp-boot=tag:boot-pi,,,10.77.0.1" in d  # siaddr only, no file
 

@@ -96,7 +96,7 @@ def test_not_enrolled_and_no_image_scripts_explain_and_carry_no_secret() -> None
 
 
 def test_a_request_without_a_mac_chains_with_ipxes_own() -> None:
-    assert chain_script(BASE) == f"#!ipxe\nchain {BASE}/boot/ipxe?mac=${{net0/mac}}\n"
+    assert chain_script(BASE) == f"#!ipxe\nchain {BASE}/boot/ipxe?mac=${{net0/mac}}&arch=${{buildarch}}\n"
 
 
 @given(st.binary(min_size=6, max_size=6), st.sampled_from([":", "-", ""]), st.booleans())

@@ -11,6 +11,7 @@ import contextlib
 import logging
 import secrets
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -38,6 +39,7 @@ from .power.metrics import PowerCollector
 from .power.service import PowerService
 from .pxe.base import ImageSource
 from .pxe.dhcp import DnsmasqService
+from .pxe.enrol import EnrolledNodes, Enroller, merge
 from .pxe.http import BootServer
 from .pxe.nodeinitrd import NodeSettings, settings_archive
 from .pxe.registry import ImageRegistry
@@ -107,9 +109,16 @@ class Coordinator:
         boot_images: ImageSource | None = None,
         boot_port: int | None = None,
     ) -> None:
-        self.inventory = inventory
         self.source = source  # the inventory file, named in configuration errors
         self.state_dir = state_dir
+        # Machines enrolled when they network-booted (docs/netboot.md, "Enrolment") join the
+        # inventory's nodes; the inventory wins a clash of name or MAC.
+        self.enrolled_file = EnrolledNodes(state_dir)
+        self.enrolled = self.enrolled_file.load(inventory.cluster.name)
+        inventory, skipped = merge(inventory, self.enrolled)
+        for why in skipped:
+            log.warning("%s: left out, the inventory wins", why, extra={"file": str(self.enrolled_file.path)})
+        self.inventory = inventory
         self.token = load_token(state_dir)
         self.api_host = inventory.api.host
         self.api_port = inventory.api.port if api_port is None else api_port
@@ -191,6 +200,25 @@ class Coordinator:
         self.dhcp: DnsmasqService | None = None
         self._server: uvicorn.Server | None = None
         self._stops: list[Callable[[], Awaitable[None]]] = []  # of the parts started, in order
+
+    async def add_node(self, node: Node) -> None:
+        """Make ``node`` a node of the running coordinator (an enrolled machine), without a
+        restart: every part that holds the node set hears of it here, the broker first so the
+        node's credentials exist before anyone can hand them out."""
+        if any(n.name == node.name or n.mac == node.mac for n in self.inventory.nodes):
+            raise ValueError(f"node {node.name} ({node.mac}): the name or MAC is taken")
+        inventory = msgspec.structs.replace(self.inventory, nodes=(*self.inventory.nodes, node))
+        if isinstance(self.broker, ManagedBroker):  # enrolment needs it (checked at load)
+            await self.broker.reload([n.name for n in inventory.nodes])
+        self.inventory = inventory
+        self.images.add_node(node.name, node.arch, node.boot_group)
+        self.power.add_node(inventory)
+        self.jobs.add_node(inventory)
+        self.dashboard.add_node(node.name, node.cpus)
+        await self.nodes.add_node(node, inventory)
+        if self.boot is not None:
+            self.boot.add_node(node, inventory)
+        log.info("node added", extra={"node": node.name, "mac": node.mac, "arch": node.arch})
 
     async def _job_list(self) -> list[dict[str, object]]:
         """The dashboard's job table: the latest jobs as the jobs API shows them."""
@@ -310,6 +338,24 @@ class Coordinator:
             if self.tftp is not None:
                 await self.tftp.token_spent(name)
 
+        async def enrolled(name: str, reason: str) -> None:
+            await store.apply(
+                None, [Event(node=name, axis="boot", old="", new="enrolled", reason=reason, at=time.time())]
+            )
+
+        enroller = (
+            Enroller(
+                self.inventory.boot,
+                self.enrolled_file,
+                self.enrolled,
+                nodes=lambda: self.inventory.nodes,
+                add_node=self.add_node,
+                record=enrolled,
+            )
+            if self.inventory.boot.enroll
+            else None
+        )
+
         self.boot = BootServer(
             self.inventory,
             self.boot_images,
@@ -321,6 +367,7 @@ class Coordinator:
             port=self.boot_port,
             source=self.source,
             on_traded=on_traded,
+            enrol=enroller.enrol if enroller is not None else None,
         )
         await self.boot.start()
         self._stops.append(self.boot.stop)

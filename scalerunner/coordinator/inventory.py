@@ -67,6 +67,8 @@ Secret = Annotated[str, msgspec.Meta(min_length=8, max_length=256)]
 ProfileName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}\Z")]
 Arch = Literal["amd64", "arm64", "riscv64"]
 PiSerial = Annotated[str, msgspec.Meta(pattern=r"^[0-9a-f]{8}\Z")]
+# An enrolled node's name is this prefix and the last three bytes of its MAC (docs/netboot.md).
+EnrolPrefix = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,49}\Z")]
 
 
 def _pattern(t: Any) -> str:
@@ -93,6 +95,7 @@ _PATTERN_WORDS = {
     _pattern(Label): "must be 1-64 of A-Z, a-z, 0-9 and _ . : = / -",
     _pattern(PiSerial): "must be the 8 lower-case hex digits of the Pi's serial number",
     _pattern(ProfileName): "must be 1-64 of a-z, 0-9, '_' and '-', starting with a letter or digit",
+    _pattern(EnrolPrefix): "must be 1-50 of a-z, 0-9 and '-', starting with a letter or digit",
 }
 
 
@@ -173,6 +176,13 @@ class BootConfig(_Table, frozen=True, kw_only=True):
     # "serial" = <8 hex digits of its serial>/ (the default), "mac" = <aa-bb-cc-dd-ee-ff>/.
     pi_tftp_prefix: Literal["serial", "mac"] = "serial"
     dhcp: DhcpConfig = DhcpConfig()
+    # Enrolment (docs/netboot.md): an unknown MAC that asks for its script becomes a node
+    # (ENROL_PREFIX + the MAC's last three bytes) in the state dir's enrolled-nodes.toml.
+    enroll: bool = False
+    enroll_prefix: EnrolPrefix = "node-"
+    enroll_boot_group: Name = "default"
+    enroll_labels: tuple[Label, ...] = ()
+    enroll_limit: Annotated[int, msgspec.Meta(ge=1, le=4096)] = 64  # enrolled nodes at most
 
     @property
     def host(self) -> str:
@@ -611,6 +621,7 @@ class _Checker:
         return ConfigError(str(self.path), key, detail)
 
     def check(self, inv: Inventory) -> Inventory:
+        self.enrolment(inv)
         return msgspec.structs.replace(
             inv,
             broker=self.broker(inv.broker),
@@ -622,6 +633,19 @@ class _Checker:
             health_checks=self.health_checks(inv.health_checks),
             github=self.github(inv.github),
         )
+
+    def enrolment(self, inv: Inventory) -> None:
+        b = inv.boot
+        if not b.enroll:
+            return
+        if not b.enabled:
+            raise self.fail("boot.enroll", "needs boot.enabled = true (machines enrol when they ask to boot)")
+        if inv.broker.mode != "managed":
+            raise self.fail(
+                "boot.enroll", "needs broker.mode = 'managed' (it adds an enrolled node's broker user)"
+            )
+        for j, label in _duplicates(b.enroll_labels):
+            raise self.fail(f"boot.enroll_labels[{j}]", f"label {label!r} listed twice")
 
     def github(self, g: GitHubConfig | None) -> GitHubConfig | None:
         if g is None:

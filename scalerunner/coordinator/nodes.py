@@ -22,7 +22,7 @@ from . import lifecycle as lc
 from .api.models import EventView, HealthName, NodeView, RackPosition, TelemetryView
 from .errors import NodeStateError, UnknownNode
 from .health import Health
-from .inventory import Inventory
+from .inventory import Inventory, Node
 from .store import Event, NodeRecord, Store
 
 log = logging.getLogger("scalerunner.coordinator.nodes")
@@ -108,37 +108,43 @@ class NodeManager:
         stored = {row.name: row for row in await self.store.list_nodes()}
         now = self.clock()
         for node in self.inventory.nodes:
-            row = stored.get(node.name)
-            # The inventory, not the store, says whether anything can switch the node's power.
-            control = (node.switch is not None and node.port is not None) or node.bmc_port is not None
-            if row is not None:
-                # The link starts up: LinkDown/LinkUp come from this run's MQTT link.
-                rec = dataclasses.replace(
-                    from_store(row), link_down=False, link_up_at=None, power_control=control
-                )
-                if rec.state in lc.CONNECTED:
-                    # Nothing was heard while the coordinator was down: count a connected node's
-                    # silence from this start, or a restart would declare every node lost (and
-                    # re-queue and power-cycle the busy ones).
-                    rec = dataclasses.replace(rec, online_at=max(rec.online_at or 0.0, now))
-                self.records[node.name] = rec
-            else:
-                rec = dataclasses.replace(lc.new_node(node.name, now), power_control=control)
-                self.records[node.name] = rec
-                await self.store.apply(
-                    to_store(rec),
-                    [
-                        Event(
-                            node=node.name,
-                            axis="state",
-                            old="",
-                            new=rec.state.value,
-                            reason=rec.state_reason,
-                            at=now,
-                        )
-                    ],
-                )
+            await self._admit(node, stored.get(node.name), now)
         self._task = asyncio.create_task(self._ticker(), name="nodes-ticker")
+
+    async def add_node(self, node: Node, inventory: Inventory) -> None:
+        """A node joined at runtime (an enrolled machine): it gets its record (off, health
+        unknown) as an inventory node does at start, and MQTT messages from it are taken."""
+        async with self._lock:
+            self.inventory = inventory
+            await self._admit(node, await self.store.get_node(node.name), self.clock())
+            self._names.add(node.name)
+        self._wake.set()
+
+    async def _admit(self, node: Node, row: NodeRecord | None, now: float) -> None:
+        # The inventory, not the store, says whether anything can switch the node's power.
+        control = (node.switch is not None and node.port is not None) or node.bmc_port is not None
+        if row is not None:
+            # The link starts up: LinkDown/LinkUp come from this run's MQTT link.
+            rec = dataclasses.replace(
+                from_store(row), link_down=False, link_up_at=None, power_control=control
+            )
+            if rec.state in lc.CONNECTED:
+                # Nothing was heard while the coordinator was down: count a connected node's
+                # silence from this start, or a restart would declare every node lost (and
+                # re-queue and power-cycle the busy ones).
+                rec = dataclasses.replace(rec, online_at=max(rec.online_at or 0.0, now))
+            self.records[node.name] = rec
+            return
+        rec = dataclasses.replace(lc.new_node(node.name, now), power_control=control)
+        self.records[node.name] = rec
+        await self.store.apply(
+            to_store(rec),
+            [
+                Event(
+                    node=node.name, axis="state", old="", new=rec.state.value, reason=rec.state_reason, at=now
+                )
+            ],
+        )
 
     async def stop(self) -> None:
         for task in [self._task, *self._syncs]:

@@ -314,7 +314,10 @@ def test_proxy_ipxe_user_class_is_sent_the_http_script_url(proxy: Served) -> Non
         ),
         proxy.lab.server_ip,
     )
-    assert offer.file_name == f"http://{proxy.lab.server_ip}:8069/boot/ipxe?mac=${{net0/mac}}"
+    assert (
+        offer.file_name
+        == f"http://{proxy.lab.server_ip}:8069/boot/ipxe?mac=${{net0/mac}}&arch=${{buildarch}}"
+    )
     assert _boots_offered_file(offer.options[43])
 
 

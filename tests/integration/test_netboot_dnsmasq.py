@@ -104,8 +104,12 @@ def test_proxy_mode_points_ipxe_at_the_coordinators_boot_server(tmp_path: Path) 
         replies = [p for _, p in lab.dhcp("cli0", pkt, wait=3, until=1)]
         assert replies, "no answer from the coordinator's dnsmasq"
         url = replies[0].file_name
-        assert url == f"http://{lab.server_ip}:{coord.c.boot.port}/boot/ipxe?mac=${{net0/mac}}"
-        script = lab.inside(lambda: httpx.get(url.replace("${net0/mac}", MAC), timeout=10))
+        assert (
+            url
+            == f"http://{lab.server_ip}:{coord.c.boot.port}/boot/ipxe?mac=${{net0/mac}}&arch=${{buildarch}}"
+        )
+        asked = url.replace("${net0/mac}", MAC).replace("${buildarch}", "x86_64")  # as iPXE fills them in
+        script = lab.inside(lambda: httpx.get(asked, timeout=10))
         assert script.status_code == 200 and script.text.startswith("#!ipxe")
         assert f"scalerunner.node={NODE}" in script.text
 

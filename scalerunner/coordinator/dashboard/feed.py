@@ -135,6 +135,10 @@ class Feed:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
+    def add_node(self, name: str, cpus: int | None) -> None:
+        """A node joined at runtime (an enrolled machine); its entry appears on the next look."""
+        self.cpus[name] = cpus
+
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._watch_nodes(), name="dashboard-nodes")]
         if self.jobs is not None and self.list_jobs is not None:

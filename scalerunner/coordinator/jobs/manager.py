@@ -204,6 +204,11 @@ class JobManager:
                     await task
         self._loop_task = self._audit_task = None
 
+    def add_node(self, inventory: Inventory) -> None:
+        """A node joined at runtime (an enrolled machine): jobs and health checks may use it."""
+        self.inventory = inventory
+        self._wake.set()
+
     # -- what users ask ---------------------------------------------------------------------------
 
     async def submit(self, spec: JobSpec) -> Job:

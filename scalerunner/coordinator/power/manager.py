@@ -108,6 +108,12 @@ class PowerManager:
             except Exception:
                 log.exception("stopping power back end %s failed", backend.name)
 
+    def add_node(self, inventory: Inventory) -> None:
+        """A node joined at runtime (an enrolled machine: no switch port, so no outlet of its own);
+        power and energy requests for it are answered from now on."""
+        self.inventory = inventory
+        self.outlets = outlet_map(inventory)
+
     # -- actions ----------------------------------------------------------------------------
 
     def outlet(self, node: str) -> Outlet:

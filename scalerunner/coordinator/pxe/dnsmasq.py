@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..inventory import BootConfig, Node
+from .ipxe import IPXE_QUERY
 
 __all__ = [
     "PI_OPTION97_PREFIX",
@@ -88,8 +89,9 @@ class Rendered:
 
 
 def ipxe_script_url(boot: BootConfig) -> str:
-    """The boot HTTP server's per-MAC iPXE script; iPXE fills in ``${net0/mac}`` itself."""
-    return f"http://{boot.address}:{boot.port}/boot/ipxe?mac=${{net0/mac}}"
+    """The boot HTTP server's per-MAC iPXE script; iPXE fills in ``${net0/mac}`` and
+    ``${buildarch}`` (what an unknown machine is enrolled with) itself."""
+    return f"http://{boot.address}:{boot.port}/boot/ipxe?{IPXE_QUERY}"
 
 
 def is_pi_mac(mac: str) -> bool:

@@ -3,10 +3,11 @@ settings initrd, and the one-time token trade. A part with ``start()``/``stop()`
 
 Routes (all read-only but the trade; no bearer token - a booting node has none):
 
-- ``GET /boot/ipxe?mac=MAC`` or ``/boot/ipxe/MAC``: the node's iPXE script. A known MAC gets its
-  image, a fresh token and feeds ``BootRequested`` to its lifecycle; an unknown MAC gets a "not
-  enrolled" script and an event on the coordinator (node ``coordinator``, axis ``boot``);
-  without a MAC, a script that asks again with iPXE's ``${net0/mac}``.
+- ``GET /boot/ipxe?mac=MAC&arch=BUILDARCH`` or ``/boot/ipxe/MAC``: the node's iPXE script. A known
+  MAC gets its image, a fresh token and feeds ``BootRequested`` to its lifecycle; an unknown MAC
+  is enrolled when ``enrol`` is given and takes it (``arch`` is iPXE's ``${buildarch}``), else gets
+  a "not enrolled" script and an event on the coordinator (node ``coordinator``, axis ``boot``);
+  without a MAC, a script that asks again with iPXE's ``${net0/mac}`` and ``${buildarch}``.
 - ``GET /boot/files/{sha256}/{name}``: an image file by content digest, through
   ``ImageSource.blob_path`` only; sendfile and Range come from aiohttp's ``FileResponse``. No
   part of the request becomes a path: the digest must be 64 hex digits and is looked up, the
@@ -36,6 +37,7 @@ from ..errors import ConfigError
 from ..inventory import BootConfig, Inventory, Node
 from ..store import Event
 from .base import ImageSource
+from .enrol import EnrolOutcome
 from .ipxe import (
     SETTINGS_NAME,
     BootScriptError,
@@ -107,7 +109,9 @@ class BootServer:
     """The boot HTTP server on ``boot.listen``. ``on_boot(node, at)`` steps the node's lifecycle
     with ``BootRequested``; ``record`` stores an event; ``password(node)`` is the node's broker
     password; ``broker_port()`` the broker's port (known once it started); ``on_traded(node)``,
-    if given, hears of every successful trade (the TFTP tree re-mints a Pi's token then)."""
+    if given, hears of every successful trade (the TFTP tree re-mints a Pi's token then);
+    ``enrol(mac, buildarch, remote)``, if given, may make an unknown MAC a node (``pxe.enrol``),
+    which reaches this server through ``add_node``."""
 
     def __init__(
         self,
@@ -123,9 +127,11 @@ class BootServer:
         source: str = "inventory",
         clock: Callable[[], float] = time.time,
         on_traded: Callable[[str], Awaitable[object]] | None = None,
+        enrol: Callable[[str, str | None, str], Awaitable[EnrolOutcome]] | None = None,
     ) -> None:
         self.inventory = inventory
         self.on_traded = on_traded
+        self.enrol = enrol
         self.config: BootConfig = inventory.boot
         self.images = images
         self.tokens = tokens
@@ -148,6 +154,12 @@ class BootServer:
         self.trades: dict[str, int] = {"ok": 0, "rejected": 0}
         self.fetched: dict[str, int] = {}  # file requests per stored digest (bounded by the registry)
         self.settings_fetched: dict[str, int] = {}  # settings initrds per node
+
+    def add_node(self, node: Node, inventory: Inventory) -> None:
+        """A node joined at runtime (an enrolled machine): its MAC gets its script from now on."""
+        self.inventory = inventory
+        self._by_mac[node.mac.lower()] = node
+        self._by_name[node.name] = node
 
     @property
     def base_url(self) -> str:
@@ -209,10 +221,18 @@ class BootServer:
         except BootScriptError as exc:
             return _error(400, str(exc))
         node = self._by_mac.get(mac)
+        refusal = ""
+        if node is None and self.enrol is not None:
+            try:
+                outcome = await self.enrol(mac, request.query.get("arch"), request.remote or "?")
+            except Exception as exc:  # e.g. the state dir is full: the machine is told, nothing half-made
+                log.exception("enrolling %s failed", mac, extra={"mac": mac})
+                outcome = EnrolOutcome(None, f"the coordinator could not enrol it ({type(exc).__name__})")
+            node, refusal = outcome.node, outcome.refusal
         if node is None:
             self.scripts["not-enrolled"] += 1
-            await self._unknown(mac, request.remote or "?")
-            return _script(not_enrolled_script(mac, self.inventory.cluster.name))
+            await self._unknown(mac, request.remote or "?", refusal)
+            return _script(not_enrolled_script(mac, self.inventory.cluster.name, refusal))
         now = self.clock()
         image = await self.images.resolve(node.name, node.arch, node.boot_group)
         if image is None or image.kernel is None:
@@ -238,7 +258,7 @@ class BootServer:
         )
         return _script(script)
 
-    async def _unknown(self, mac: str, remote: str) -> None:
+    async def _unknown(self, mac: str, remote: str, refusal: str = "") -> None:
         now = self.clock()
         last = self._unknown_seen.get(mac)
         log.info("boot request from an unknown MAC", extra={"mac": mac, "remote": remote})
@@ -250,8 +270,9 @@ class BootServer:
         await self._event(
             COORDINATOR_EVENT_NODE,
             "not-enrolled",
-            f"PXE boot request from unknown MAC {mac} ({remote}): not in the inventory, sent the"
-            " not-enrolled script",
+            f"PXE boot request from unknown MAC {mac} ({remote}): not in the inventory"
+            + (f", not enrolled: {refusal}" if refusal else "")
+            + ", sent the not-enrolled script",
             now,
         )
 

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from .base import BootFile, BootImage
 
 __all__ = [
+    "IPXE_QUERY",
     "SETTINGS_NAME",
     "BootScriptError",
     "NodeBoot",
@@ -106,16 +107,24 @@ def node_script(b: NodeBoot) -> str:
     return "\n".join(lines) + "\n"
 
 
+# What iPXE fills in when it fetches a script: its MAC, and its build's architecture (which an
+# unknown machine is enrolled with, docs/netboot.md "Enrolment").
+IPXE_QUERY = "mac=${net0/mac}&arch=${buildarch}"
+
+
 def chain_script(base_url: str) -> str:
-    return f"#!ipxe\nchain {base_url}/boot/ipxe?mac=${{net0/mac}}\n"
+    return f"#!ipxe\nchain {base_url}/boot/ipxe?{IPXE_QUERY}\n"
 
 
-def not_enrolled_script(mac: str, cluster: str) -> str:
+def not_enrolled_script(mac: str, cluster: str, refusal: str = "") -> str:
+    """An unknown machine's script; ``refusal`` says why enrolment (when on) did not take it."""
+    why = [_echo(f"It was not enrolled: {refusal}.")] if refusal else []
     return (
         "\n".join(
             [
                 "#!ipxe",
                 _echo(f"Scalerunner cluster {cluster}: this machine ({mac}) is not enrolled."),
+                *why,
                 _echo(f'To enrol it, add a [[nodes]] entry with mac = "{mac}" to the inventory,'),
                 _echo("restart the coordinator, and power this machine on again."),
                 "sleep 30",

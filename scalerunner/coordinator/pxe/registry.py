@@ -111,6 +111,11 @@ class ImageRegistry:
         async with self._lock:  # a change in progress is finished first
             pass
 
+    def add_node(self, name: str, arch: str, group: str) -> None:
+        """A node joined at runtime (an enrolled machine): overrides and events know it."""
+        if self.nodes is not None:
+            self.nodes[name] = (arch, group)
+
     # -- ImageSource --------------------------------------------------------------------------
 
     async def resolve(self, node: str, arch: str, group: str) -> BootImage | None:
