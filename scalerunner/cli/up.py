@@ -32,7 +32,7 @@ async def _run(config: Path, state_dir: Path | None, api_port: int | None) -> in
         where = write_endpoint(coordinator.api_url, coordinator.token)
         click.echo(
             f"coordinator for cluster {inventory.cluster.name} up: API {coordinator.api_url} "
-            f"(recorded in {where}), {len(inventory.nodes)} nodes",
+            f"(recorded in {where}), {len(coordinator.inventory.nodes)} nodes",
             err=True,
         )
         click.echo(coordinator.api_url)
