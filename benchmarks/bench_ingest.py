@@ -18,9 +18,13 @@ The window measures the steady state: it opens ``WARMUP_S`` after the load's fir
 Before that each node changes state twice (its online state: off -> online, with a health check
 asked for; its first telemetry: online -> idle), and each change is an event committed with an
 fsync, so the first seconds cost the coordinator several times what ingest alone does (measured:
-0.6-0.7 of a core for 2-3 s, then 0.25, at N = 1000), and on a busy disk the telemetry queues up
-behind them (one run counted 100 of 1000 msg/s in the window). A window that opened with the
-first telemetry put that start-up into the figure (the 61% of issue 4). The figure text says how
+0.6-0.7 of a core for 2-3 s, then 0.2-0.25, at N = 1000), and on a busy disk the telemetry queues
+up behind them (one run counted 100 of 1000 msg/s in the window). A window that opened with the
+first telemetry put that start-up into the figure (the 61% of issue 4; 31-32% against 18-21% for
+the steady state, three runs each on one machine). In the steady state py-spy finds about half of
+the coordinator's busy samples in paho/aiomqtt's receive path (packet parsing, MQTT 5 properties,
+topic matching) and a fifth in its own dispatch, decode and lifecycle step; a sample that changes
+no state writes nothing to the store (tests/test_telemetry_steady_writes.py). The figure text says how
 many nodes were idle when the window opened: fewer than N means the warm-up was too short. The
 coordinator's CPU share is read over the window only, without the /metrics scrapes (a scrape of
 1000 nodes' gauges costs it a few hundred ms).
