@@ -7,7 +7,7 @@ it on the same broker, is a bare aiomqtt client publishing the same number of 8 
 PUBACK at a time: the ceiling of that way of sending. Ratio: peer time / executor time (1.0 = no cost
 beyond the wire; the executor also runs the job, decodes UTF-8 and writes the spool).
 
-Start cost: ``/bin/true`` run by the process runtime (unshare, a pid and a mount namespace, /proc,
+Start cost: ``/bin/true`` run by the process runtime (unshare, pid, mount and network namespaces, /proc,
 the setup shell) against ``/bin/true`` as a plain asyncio subprocess. Ratio: plain / namespaced.
 """
 

@@ -63,6 +63,12 @@ def jobs() -> None:
 @click.option("--retries", type=int, default=None)
 @click.option("--priority", type=int, default=None)
 @click.option("--project", default=None)
+@click.option(
+    "--network/--no-network",
+    "network",
+    default=None,
+    help="the job may use the network (default: a spec file's setting, else none)",
+)
 @url_option
 @token_option
 def submit(
@@ -88,7 +94,8 @@ def submit(
         data["command"] = list(args)
     else:
         fail("nothing to run: give a spec file, or a command after --", exits.USAGE)
-    for key in ("name", "image", "arch", "cpus", "memory", "timeout", "retries", "priority", "project"):
+    keys = ("name", "image", "arch", "cpus", "memory", "timeout", "retries", "priority", "project", "network")
+    for key in keys:
         if opts[key] is not None:
             data[key] = opts[key]
     if opts["labels"]:

@@ -385,3 +385,14 @@ def test_a_job_that_ends_while_the_coordinator_is_down_is_not_run_again(cluster:
     while (out := cluster.cli("jobs", "logs", job_id).stdout) != "ended\n" and time.monotonic() < deadline:
         time.sleep(0.5)
     assert out == "ended\n"
+
+
+def test_submit_network_flag_reaches_the_spec_and_without_it_only_lo(cluster: JobCluster) -> None:
+    cluster.ready(A)
+    with_net = cluster.submit("--name", "net", "--network", "--", "true")
+    without = cluster.submit("--name", "no-net", "--", "sh", "-c", "tail -n +3 /proc/net/dev | cut -d: -f1")
+    assert cluster.job(with_net)["spec"]["network"] is True
+    assert cluster.job(without)["spec"]["network"] is False
+    cluster.wait_job(without, "succeeded")
+    logs = cluster.cli("jobs", "logs", without)
+    assert logs.stdout.split() == ["lo"], logs.stdout
