@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import shutil
+import subprocess
 import threading
-from collections.abc import Coroutine, Iterator
+import time
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +23,59 @@ from scalerunner.coordinator.inventory import loads_inventory
 from scalerunner.coordinator.pxe.base import BootFile, BootImage, FileRole
 
 T = TypeVar("T")
+
+QEMU = shutil.which("qemu-system-x86_64")
+
+
+@dataclass(frozen=True)
+class VmRun:
+    """How a network-booted VM ended: QEMU's exit code and stderr, its serial console, its time."""
+
+    returncode: int
+    stderr: str
+    console: str
+    took: float
+
+    def check(self) -> str:
+        """The console text; AssertionError with QEMU's stderr and the console's tail if QEMU failed."""
+        assert self.returncode == 0, f"qemu: {self.stderr}\n{self.console[-3000:]}"
+        return self.console
+
+
+def boot_vm(
+    console: Path,
+    mac: str,
+    netdev: str,
+    *,
+    timeout: float = 120,
+    popen: Callable[..., subprocess.Popen[bytes]] = subprocess.Popen,
+) -> VmRun:
+    """A QEMU VM (TCG, 256 MB) that boots from its NIC (``-boot n``: Debian's iPXE ROM) on
+    ``netdev`` (``user,...,bootfile=URL`` or ``tap,...``), its serial console into ``console``;
+    killed after ``timeout`` s. ``popen`` starts it (a network namespace's, for a tap in one)."""
+    assert QEMU is not None
+    argv: Sequence[str] = [
+        QEMU,
+        "-machine", "q35,accel=tcg",
+        "-m", "256",
+        "-display", "none",
+        "-no-reboot",
+        "-boot", "n",
+        "-serial", f"file:{console}",
+        "-netdev", netdev,
+        "-device", f"virtio-net-pci,netdev=n0,mac={mac}",
+    ]  # fmt: skip
+    started = time.monotonic()
+    proc = popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    took = time.monotonic() - started
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    out = console.read_text(errors="replace") if console.exists() else ""
+    return VmRun(proc.returncode, err, out, took)
 
 
 @dataclass

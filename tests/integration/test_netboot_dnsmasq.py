@@ -15,7 +15,6 @@ import random
 import re
 import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,11 +26,10 @@ from scalerunner.nodeagent.runtime.vm_guest import GuestError, GuestKernel
 from tests import dhcp_wire as w
 from tests.integration import netlab
 from tests.integration import test_netboot_qemu as guest
-from tests.integration.netboot_fixtures import DirImages, RunningCoordinator, boot_coordinator
+from tests.integration.netboot_fixtures import QEMU, DirImages, RunningCoordinator, boot_coordinator, boot_vm
 from tests.integration.netlab import NetLab
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
-QEMU = shutil.which("qemu-system-x86_64")
 NODE, MAC = "pxe-02", "52:54:00:5c:b2:01"
 _why_not = netlab.available() or (None if Path(DNSMASQ).exists() else "needs dnsmasq (make setup)")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(_why_not is not None, reason=_why_not or "")]
@@ -146,29 +144,14 @@ def test_a_vm_on_the_bridge_boots_through_dnsmasq_and_phones_home(tmp_path: Path
             tap = "tapb0"
             subprocess.run(["ip", "-n", lab.ns, "tuntap", "add", "dev", tap, "mode", "tap"], check=True)
             subprocess.run(["ip", "-n", lab.ns, "link", "set", tap, "master", "br0", "up"], check=True)
-            console = tmp_path / "console.log"
-            argv = [
-                QEMU,
-                "-machine", "q35,accel=tcg",
-                "-m", "256",
-                "-display", "none",
-                "-no-reboot",
-                "-boot", "n",
-                "-serial", f"file:{console}",
-                "-netdev", f"tap,id=n0,ifname={tap},script=no,downscript=no",
-                "-device", f"virtio-net-pci,netdev=n0,mac={MAC}",
-            ]  # fmt: skip
-            started = time.monotonic()
-            proc = lab.popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            try:
-                proc.wait(timeout=150)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            took = time.monotonic() - started
-            out = console.read_text(errors="replace") if console.exists() else ""
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            assert proc.returncode == 0, f"qemu: {err}\n{out[-3000:]}"
+            run = boot_vm(
+                tmp_path / "console.log",
+                MAC,
+                f"tap,id=n0,ifname={tap},script=no,downscript=no",
+                timeout=150,
+                popen=lab.popen,
+            )
+            out, took = run.check(), run.took
             m = re.search(r"e2e: answer (\{.*\})", out)
             assert m, out[-3000:]
             assert f'"username":"{NODE}"' in m.group(1)

@@ -8,7 +8,6 @@ the node's image and trades its token, as an inventory node's would (test_netboo
 from __future__ import annotations
 
 import re
-import subprocess
 from pathlib import Path
 
 import msgspec
@@ -16,8 +15,8 @@ import pytest
 
 from scalerunner.coordinator.pxe.dnsmasq import ipxe_script_url
 from scalerunner.nodeagent.runtime.vm_guest import GuestError, GuestKernel
-from tests.integration.netboot_fixtures import DirImages, boot_coordinator, boot_inventory
-from tests.integration.test_netboot_qemu import GUEST_DIR, QEMU, image_initramfs
+from tests.integration.netboot_fixtures import QEMU, DirImages, boot_coordinator, boot_inventory, boot_vm
+from tests.integration.test_netboot_qemu import GUEST_DIR, image_initramfs
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
@@ -55,28 +54,7 @@ def test_a_vm_with_an_unknown_mac_is_enrolled_by_its_ipxe_and_boots(
         boot = msgspec.structs.replace(coord.c.inventory.boot, listen=f"127.0.0.1:{coord.c.boot.port}")
         bootfile = ipxe_script_url(boot)
         assert "${buildarch}" in bootfile and "${net0/mac}" in bootfile
-        console = tmp_path / "console.log"
-        argv = [
-            QEMU,
-            "-machine", "q35,accel=tcg",
-            "-m", "256",
-            "-display", "none",
-            "-no-reboot",
-            "-boot", "n",
-            "-serial", f"file:{console}",
-            "-netdev", f"user,id=n0,bootfile={bootfile}",
-            "-device", f"virtio-net-pci,netdev=n0,mac={MAC}",
-        ]  # fmt: skip
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        out = console.read_text(errors="replace") if console.exists() else ""
-        assert proc.returncode == 0, (
-            f"qemu: {proc.stderr.read().decode() if proc.stderr else ''}\n{out[-3000:]}"
-        )
+        out = boot_vm(tmp_path / "console.log", MAC, f"user,id=n0,bootfile={bootfile}").check()
         m = re.search(r"e2e: answer (\{.*\})", out)
         assert m, out[-3000:]
         assert f'"username":"{NODE}"' in m.group(1)

@@ -12,10 +12,7 @@ fetched and unpacked), got its credentials, and the token is spent.
 from __future__ import annotations
 
 import re
-import shutil
 import stat
-import subprocess
-import time
 from pathlib import Path
 
 import httpx
@@ -23,13 +20,12 @@ import pytest
 
 from scalerunner.cpio import CpioEntry, newc_archive
 from scalerunner.nodeagent.runtime.vm_guest import GuestError, GuestKernel
-from tests.integration.netboot_fixtures import DirImages, boot_coordinator, boot_inventory
+from tests.integration.netboot_fixtures import QEMU, DirImages, boot_coordinator, boot_inventory, boot_vm
 
 pytestmark = [pytest.mark.slow, pytest.mark.vm]
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST_DIR = REPO / ".cache" / "guest"
-QEMU = shutil.which("qemu-system-x86_64")
 NODE, MAC = "pxe-01", "52:54:00:5c:a2:01"
 MODULES = (  # dependencies first (MACHINE.md); virtio_net needs the failover pair
     "virtio_ring",
@@ -108,30 +104,8 @@ def test_a_vm_boots_over_http_with_ipxe_and_trades_its_token(kernel: GuestKernel
         assert coord.c.boot is not None
         port = coord.c.boot.port
         bootfile = f"http://10.0.2.2:{port}/boot/ipxe?mac={MAC}"
-        console = tmp_path / "console.log"
-        argv = [
-            QEMU,
-            "-machine", "q35,accel=tcg",
-            "-m", "256",
-            "-display", "none",
-            "-no-reboot",
-            "-boot", "n",
-            "-serial", f"file:{console}",
-            "-netdev", f"user,id=n0,bootfile={bootfile}",
-            "-device", f"virtio-net-pci,netdev=n0,mac={MAC}",
-        ]  # fmt: skip
-        started = time.monotonic()
-        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        took = time.monotonic() - started
-        out = console.read_text(errors="replace") if console.exists() else ""
-        assert proc.returncode == 0, (
-            f"qemu: {proc.stderr.read().decode() if proc.stderr else ''}\n{out[-3000:]}"
-        )
+        run = boot_vm(tmp_path / "console.log", MAC, f"user,id=n0,bootfile={bootfile}")
+        out, took = run.check(), run.took
         assert "e2e: answer" in out, out[-3000:]
 
         settings = out.split("e2e: settings begin", 1)[1].split("e2e: settings end", 1)[0]
