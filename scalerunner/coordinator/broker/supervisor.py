@@ -48,7 +48,7 @@ from .config import (
 )
 from .credentials import dynsec_hash, ensure_credentials, load_credentials
 
-__all__ = ["Broker", "ExternalBroker", "ManagedBroker", "restart_delay"]
+__all__ = ["Broker", "ExternalBroker", "ManagedBroker", "restart_delay", "terminate"]
 
 log = logging.getLogger("scalerunner.coordinator.broker")
 
@@ -86,6 +86,20 @@ def restart_delay(failures: int, initial: float, cap: float) -> float:
     """Seconds to wait before restart number ``failures`` (1, 2, ...) of a run of quick deaths:
     ``initial`` doubling each time, at most ``cap``."""
     return float(min(cap, initial * 2 ** max(0, failures - 1)))
+
+
+async def terminate(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+    """Stop a supervised child: SIGTERM, then SIGKILL if it is still there after ``grace`` s."""
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        await asyncio.wait_for(proc.wait(), grace)
+    except TimeoutError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
 
 
 class ManagedBroker:
@@ -427,15 +441,7 @@ class ManagedBroker:
             await asyncio.sleep(0.05)
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 5.0)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        await terminate(proc)
         if self._proc is proc:
             self._ready = False
         self.files.pid.unlink(missing_ok=True)

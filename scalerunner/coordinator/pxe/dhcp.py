@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from ...atomic import atomic_write
-from ..broker.supervisor import restart_delay
+from ..broker.supervisor import restart_delay, terminate
 from ..errors import ConfigError
 from ..inventory import BootConfig, Node
 from .dnsmasq import DnsmasqConfig, IpxeBinaries, render
@@ -205,15 +205,7 @@ class DnsmasqService:
                 self._ready.set()
 
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
-            try:
-                await asyncio.wait_for(proc.wait(), 5.0)
-            except TimeoutError:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-                await proc.wait()
+        await terminate(proc)
         if self._reader is not None:
             with contextlib.suppress(asyncio.CancelledError, TimeoutError):
                 await asyncio.wait_for(self._reader, 2.0)
