@@ -54,38 +54,9 @@ class GitHubCluster(JobCluster):
             str(self.configs),
         ]
         argv = ", ".join(f'"{a}"' for a in command)
-        self.inventory.write_text(
+        self.write_inventory(
+            standin,
             f"""
-[cluster]
-name = "{CLUSTER}"
-
-[broker]
-host = "127.0.0.1"
-port = 0
-
-[api]
-listen = "127.0.0.1:0"
-
-[timeouts]
-boot_timeout = 60
-telemetry_timeout = 8
-
-[jobs]
-lease = 10
-
-[[nodes]]
-name = "{NODE}"
-mac = "02:00:00:00:00:01"
-arch = "amd64"
-labels = ["kvm"]
-
-[github]
-api_url = "{standin.url}"
-token_file = "gh-token"
-webhook_secret_file = "gh-secret"
-reconcile_interval = 2
-idle_timeout = {IDLE_TIMEOUT}
-
 [[github.pools]]
 name = "widgets"
 scope = "{REPO}"
@@ -103,7 +74,46 @@ labels = ["self-hosted", "org-pool"]
 memory_mb = 256
 timeout = 120
 command = [{argv}]
+""",
+        )
+
+    def write_inventory(
+        self, standin: GitHubStandIn, pools: str, *, lease: int = 10, idle_timeout: float = IDLE_TIMEOUT
+    ) -> None:
+        """One node labelled kvm and a [github] section on the stand-in, with ``pools``."""
+        self.inventory.write_text(
+            f"""
+[cluster]
+name = "{CLUSTER}"
+
+[broker]
+host = "127.0.0.1"
+port = 0
+
+[api]
+listen = "127.0.0.1:0"
+
+[timeouts]
+boot_timeout = 60
+telemetry_timeout = 8
+
+[jobs]
+lease = {lease}
+
+[[nodes]]
+name = "{NODE}"
+mac = "02:00:00:00:00:01"
+arch = "amd64"
+labels = ["kvm"]
+
+[github]
+api_url = "{standin.url}"
+token_file = "gh-token"
+webhook_secret_file = "gh-secret"
+reconcile_interval = 2
+idle_timeout = {idle_timeout}
 """
+            + pools
         )
 
     def runner_jobs(self, gh_job: int) -> list[dict[str, Any]]:

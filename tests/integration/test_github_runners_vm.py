@@ -12,10 +12,8 @@ points it at 10.0.2.2 itself.
 from __future__ import annotations
 
 import json
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -61,41 +59,13 @@ class GitHubVmCluster(GitHubCluster):
     def __init__(self, root: Path, standin: GitHubStandIn, image: str, registry_host: str) -> None:
         super().__init__(root, standin)
         self.registry_host = registry_host
+        self.agent_jobs = f'[jobs]\nruntime = "vm"\ninsecure_registries = ["{registry_host}"]\n'
         command = ", ".join(
             json.dumps(a) for a in ["/bin/sh", "-c", RUNNER, "runner", "--jitconfig", "{jitconfig}"]
         )
-        self.inventory.write_text(
+        self.write_inventory(
+            standin,
             f"""
-[cluster]
-name = "{CLUSTER}"
-
-[broker]
-host = "127.0.0.1"
-port = 0
-
-[api]
-listen = "127.0.0.1:0"
-
-[timeouts]
-boot_timeout = 60
-telemetry_timeout = 8
-
-[jobs]
-lease = 15
-
-[[nodes]]
-name = "{NODE}"
-mac = "02:00:00:00:00:01"
-arch = "amd64"
-labels = ["kvm"]
-
-[github]
-api_url = "{standin.url}"
-token_file = "gh-token"
-webhook_secret_file = "gh-secret"
-reconcile_interval = 2
-idle_timeout = {IDLE_TIMEOUT * 15}
-
 [[github.pools]]
 name = "widgets-vm"
 scope = "{REPO}"
@@ -105,29 +75,10 @@ node_labels = ["kvm"]
 memory_mb = 128
 timeout = 150
 command = [{command}]
-"""
+""",
+            lease=15,
+            idle_timeout=IDLE_TIMEOUT * 15,
         )
-
-    def start_agent(self, node: str) -> Any:
-        """JobCluster's agent, on the vm runtime, pulling from the test registry."""
-        config = self.root / f"agent-{node}.toml"
-        config.write_text(
-            f'cluster = "{CLUSTER}"\nnode = "{node}"\nlabels = ["kvm"]\nstate_dir = "agent-{node}"\n'
-            f'[broker]\nhost = "127.0.0.1"\nport = {self.broker_port()}\npassword = "{self.password(node)}"\n'
-            "keepalive = 1\nreconnect_min = 0.1\nreconnect_max = 0.5\n"
-            "[telemetry]\ninterval = 0.3\n"
-            "[capacity]\ncpus = 2\nmemory_mb = 2048\nslots = 1\n"
-            f'[jobs]\nruntime = "vm"\ninsecure_registries = ["{self.registry_host}"]\n'
-        )
-        with (self.root / f"agent-{node}.log").open("ab") as log:
-            proc = subprocess.Popen(
-                [str(AGENT), "--config", str(config), "--cmdline", str(self.root / "cmdline")],
-                env=self.env,
-                stdout=log,
-                stderr=log,
-            )
-        self.agents[node] = proc
-        return proc
 
 
 @pytest.fixture

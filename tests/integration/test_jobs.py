@@ -96,6 +96,7 @@ class JobCluster(Cluster):
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.inventory.write_text(INVENTORY)
+        self.agent_jobs = '[jobs]\nruntime = "process"\n'  # the agents' [jobs] table
 
     def start_agent(self, node: str) -> Any:
         config = self.root / f"agent-{node}.toml"
@@ -104,8 +105,7 @@ class JobCluster(Cluster):
             f'[broker]\nhost = "127.0.0.1"\nport = {self.broker_port()}\npassword = "{self.password(node)}"\n'
             "keepalive = 1\nreconnect_min = 0.1\nreconnect_max = 0.5\n"
             "[telemetry]\ninterval = 0.3\n"
-            "[capacity]\ncpus = 2\nmemory_mb = 2048\nslots = 1\n"
-            '[jobs]\nruntime = "process"\n'
+            "[capacity]\ncpus = 2\nmemory_mb = 2048\nslots = 1\n" + self.agent_jobs
         )
         with (self.root / f"agent-{node}.log").open("ab") as log:
             proc = subprocess.Popen(
