@@ -145,8 +145,14 @@ class RunningCoordinator:
 
 
 def boot_inventory(
-    cluster: str, nodes: list[tuple[str, str]], *, advertise: str | None = None, ttl: int = 60
+    cluster: str,
+    nodes: list[tuple[str, str]],
+    *,
+    advertise: str | None = None,
+    ttl: int = 60,
+    listen: str = "127.0.0.1:0",
 ) -> str:
+    """An inventory with [boot] enabled on ``listen`` and amd64 ``nodes`` (name, MAC) labelled netboot."""
     text = f"""
 [cluster]
 name = "{cluster}"
@@ -164,7 +170,7 @@ listen = "127.0.0.1:0"
 
 [boot]
 enabled = true
-listen = "127.0.0.1:0"
+listen = "{listen}"
 token_ttl = {ttl}
 """
     if advertise is not None:

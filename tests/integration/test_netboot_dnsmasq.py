@@ -26,7 +26,14 @@ from scalerunner.nodeagent.runtime.vm_guest import GuestError, GuestKernel
 from tests import dhcp_wire as w
 from tests.integration import netlab
 from tests.integration import test_netboot_qemu as guest
-from tests.integration.netboot_fixtures import QEMU, DirImages, RunningCoordinator, boot_coordinator, boot_vm
+from tests.integration.netboot_fixtures import (
+    QEMU,
+    DirImages,
+    RunningCoordinator,
+    boot_coordinator,
+    boot_inventory,
+    boot_vm,
+)
 from tests.integration.netlab import NetLab
 
 DNSMASQ = shutil.which("dnsmasq") or "/usr/sbin/dnsmasq"
@@ -38,40 +45,17 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(_why_not is not None, reason=
 def inventory(lab: NetLab, mode: str) -> str:
     hosts = list(lab.subnet.hosts())
     full = f'range_start = "{hosts[99]}"\nrange_end = "{hosts[149]}"\n' if mode == "full" else ""
-    return f"""
-[cluster]
-name = "lab"
-
-[broker]
-mode = "managed"
-host = "127.0.0.1"
-port = 0
-
-[store]
-url = "sqlite:///state/scalerunner.db"
-
-[api]
-listen = "127.0.0.1:0"
-
-[boot]
-enabled = true
-listen = "{lab.server_ip}:0"
-advertise = "{lab.server_ip}"
-token_ttl = 60
-
+    base = boot_inventory("lab", [(NODE, MAC)], advertise=lab.server_ip, listen=f"{lab.server_ip}:0")
+    return (
+        base
+        + f"""
 [boot.dhcp]
 mode = "{mode}"
 interface = "{lab.host_if}"
 subnet = "{lab.subnet}"
 dnsmasq = "{DNSMASQ}"
-{full}
-[[nodes]]
-name = "{NODE}"
-mac = "{MAC}"
-arch = "amd64"
-labels = ["netboot"]
-cpus = 1
-"""
+{full}"""
+    )
 
 
 @contextmanager
