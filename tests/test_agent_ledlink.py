@@ -97,9 +97,18 @@ def test_every_request_and_answer_arrives_once_in_order_whatever_the_line_loses(
     losses: list[bool], n: int, seed: int
 ) -> None:
     requests, answers, failed = _run(losses, n, seed)
-    assert not failed  # a finite burst of losses is always outlasted by max_retries
-    assert requests == list(range(n))
-    assert answers == [f"answer {t}" for t in range(n)]
+    # Each unacknowledged send needs one lost frame (the request or its ACK), and either side
+    # gives up only after max_retries + 1 unacknowledged sends of one message: with no more
+    # frames lost than max_retries over both lines, nothing can fail. With more, giving the
+    # peer up is the documented outcome; what did arrive still arrived once and in order.
+    lost = sum(losses) + sum(losses[len(losses) // 2 :])
+    if lost <= StopAndWait().max_retries:
+        assert not failed
+    if not failed:
+        assert requests == list(range(n))
+        assert answers == [f"answer {t}" for t in range(n)]
+    assert requests == list(range(len(requests)))
+    assert answers == [f"answer {t}" for t in range(len(answers))]
 
 
 def test_a_silent_peer_is_given_up_after_max_retries() -> None:
