@@ -372,6 +372,9 @@ def test_after_a_kill_9_the_records_and_the_delivery_memory_hold(
     standin.deliver(job, "queued", delivery="delivery-1201")
     sr = gh.runner_job(1201, "running")
     wait_until(lambda: "github job 1201: idle" in gh.log_text(), 10, "the runner is idle")
+    # killed only once the runner has claimed its JIT config (a claim is held in memory: a runner
+    # that had not claimed before a restart fails and is replaced, docs/github.md)
+    wait_until(lambda: gh.configs.exists() and gh.configs.read_text().split(), 20, "runner has its config")
     gh.kill_coordinator()
     gh.start_coordinator()
     standin.webhook_url = gh.url + "/webhooks/github"
