@@ -301,7 +301,10 @@ class Agent:
     async def stop(self) -> None:
         self._stopping = True
         client = self._client
-        if client is not None and self._online.is_set():
+        # Not gated on _online: that is set once the online state's PUBACK is back, and a signal
+        # between the broker passing "online" on and that PUBACK would otherwise leave it standing
+        # (the clean disconnect below sends no Will). Not connected: the publish fails, logged.
+        if client is not None:
             try:
                 await client.publish(
                     self.state_topic, encode(self._state("offline")), qos=1, retain=True, timeout=2.0
